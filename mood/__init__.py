@@ -1,0 +1,1 @@
+"""mood-vqvae: Latent Spatial Restoration for the MOOD challenge."""

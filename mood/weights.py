@@ -1,0 +1,210 @@
+"""Weights on disk: safetensors shards plus a JSON card, never pickle.
+
+Layout of a weights directory (one per region)::
+
+    card.json                     format version, architecture, thresholds, score maps, provenance
+    vqvae-00001-of-0000N.safetensors
+    prior-00001-of-0000N.safetensors
+
+The card is the single source of the architecture: :func:`load_models` rebuilds both networks from
+it and refuses files whose tensors do not match, with a message that says what to do.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import RegionConfig
+from .networks import VQVAE, PixelSNAIL
+
+FORMAT_VERSION = 1
+#: Shards stay below this size so that every file fits hosting and transfer limits.
+MAX_SHARD_BYTES = 16 * 1024 * 1024
+#: Thresholds used only when a card carries none (the original's values).
+DEFAULT_LAMBDA_S = 7.0
+DEFAULT_LAMBDA_P = 5.0
+
+
+class WeightsError(RuntimeError):
+    """Weights are missing, unreadable or do not match the architecture in their card."""
+
+
+@dataclass(frozen=True)
+class ScoreMap:
+    """Monotone map of raw scores into [0, 1): ``x / (x + scale)``, 0.5 at ``x = scale``.
+
+    Strictly increasing, so order (and thus average precision) is preserved; it never reaches 1,
+    and ``scale`` is fitted so that normal tissue stays well below 0.5, where float16 (the
+    challenge's read type) still resolves about 2**-12.
+    """
+
+    scale: float = 1.0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.clamp_min(0)
+        return x / (x + self.scale)
+
+
+@dataclass
+class Card:
+    config: RegionConfig
+    lambda_s: float | None = None
+    lambda_p: float | None = None
+    sample_map: ScoreMap = field(default_factory=ScoreMap)
+    pixel_map: ScoreMap = field(default_factory=ScoreMap)
+    #: Free-form provenance: training files and licences, steps, losses, validation metrics.
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def threshold_sample(self) -> float:
+        return DEFAULT_LAMBDA_S if self.lambda_s is None else self.lambda_s
+
+    @property
+    def threshold_pixel(self) -> float:
+        return DEFAULT_LAMBDA_P if self.lambda_p is None else self.lambda_p
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "calibration": {
+                "lambda_s": self.lambda_s,
+                "lambda_p": self.lambda_p,
+                "sample_map": {"kind": "ratio", "scale": self.sample_map.scale},
+                "pixel_map": {"kind": "ratio", "scale": self.pixel_map.scale},
+            },
+            "info": self.info,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Card":
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            raise WeightsError(f"weights card has format_version {version!r}; this mood reads "
+                               f"version {FORMAT_VERSION}. Re-export the weights with this version.")
+        cal = d.get("calibration", {})
+        return cls(
+            config=RegionConfig.from_dict(d["config"]),
+            lambda_s=cal.get("lambda_s"),
+            lambda_p=cal.get("lambda_p"),
+            sample_map=ScoreMap(float(cal.get("sample_map", {}).get("scale", 1.0))),
+            pixel_map=ScoreMap(float(cal.get("pixel_map", {}).get("scale", 1.0))),
+            info=d.get("info", {}),
+        )
+
+
+def read_card(directory: str | Path) -> Card:
+    path = Path(directory) / "card.json"
+    if not path.is_file():
+        raise WeightsError(f"no weights card at {path}. Train and calibrate weights "
+                           f"(`mood train ...`, `mood calibrate ...`) or pass --weights DIR.")
+    try:
+        return Card.from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise WeightsError(f"weights card {path} is unreadable ({exc}); restore it from the "
+                           f"repository or re-export the weights.") from exc
+
+
+def write_card(directory: str | Path, card: Card) -> None:
+    path = Path(directory) / "card.json"
+    tmp = path.with_name(".card.json.tmp")
+    tmp.write_text(json.dumps(card.to_json(), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _save_sharded(state: dict[str, torch.Tensor], directory: Path, stem: str, dtype: torch.dtype) -> None:
+    for old in directory.glob(f"{stem}-*.safetensors"):
+        old.unlink()
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in state.items():
+        t = tensor.detach().cpu()
+        t = t.to(dtype) if t.is_floating_point() else t
+        t = t.contiguous()
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > MAX_SHARD_BYTES:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    for i, shard in enumerate(shards, 1):
+        save_file(shard, str(directory / f"{stem}-{i:05d}-of-{len(shards):05d}.safetensors"),
+                  metadata={"format": "pt"})
+
+
+def _load_sharded(directory: Path, stem: str) -> dict[str, torch.Tensor]:
+    files = sorted(directory.glob(f"{stem}-*-of-*.safetensors"))
+    if not files:
+        raise WeightsError(f"no {stem} weights in {directory} (expected {stem}-00001-of-0000N."
+                           f"safetensors). Train them or pass --weights DIR.")
+    expected = int(files[0].stem.rsplit("-of-", 1)[1])
+    if len(files) != expected:
+        raise WeightsError(f"{directory}: found {len(files)} of {expected} {stem} shards; "
+                           f"the copy is incomplete.")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            state.update(load_file(str(f)))
+        except Exception as exc:  # safetensors raises several types for corrupt files
+            raise WeightsError(f"cannot read {f}: {exc}") from exc
+    return state
+
+
+def _check_and_load(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str,
+                    directory: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+             for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(filter(None, [
+            f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}" if missing else "",
+            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}" if unexpected else "",
+            f"shape mismatch {wrong[:3]}" if wrong else "",
+        ]))
+        raise WeightsError(f"{what} weights in {directory} do not match the architecture in its "
+                           f"card ({detail}). The card and the tensors come from different "
+                           f"trainings: copy both from the same run.")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+
+
+def save_models(directory: str | Path, card: Card, vqvae: VQVAE, prior: PixelSNAIL | None,
+                dtype: torch.dtype = torch.float32) -> None:
+    """Write the card and both models (prior optional while only the VQ-VAE is trained)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _save_sharded(vqvae.state_dict(), directory, "vqvae", dtype)
+    if prior is not None:
+        _save_sharded(prior.state_dict(), directory, "prior", dtype)
+    write_card(directory, card)
+
+
+def load_vqvae(directory: str | Path, card: Card | None = None) -> VQVAE:
+    directory = Path(directory)
+    card = card or read_card(directory)
+    model = VQVAE(card.config.vqvae)
+    _check_and_load(model, _load_sharded(directory, "vqvae"), "VQ-VAE", directory)
+    return model.eval()
+
+
+def load_prior(directory: str | Path, card: Card | None = None) -> PixelSNAIL:
+    directory = Path(directory)
+    card = card or read_card(directory)
+    model = PixelSNAIL(card.config.prior)
+    _check_and_load(model, _load_sharded(directory, "prior"), "prior", directory)
+    return model.eval()
+
+
+def default_weights_dir(region: str) -> Path:
+    """Where weights for ``region`` live: ``$MOOD_WEIGHTS/<region>``, else the packaged ``weights/``."""
+    root = os.environ.get("MOOD_WEIGHTS")
+    if root:
+        return Path(root) / region
+    return Path(__file__).resolve().parent.parent / "weights" / region
