@@ -134,8 +134,9 @@ def _save_sharded(state: dict[str, torch.Tensor], directory: Path, stem: str, dt
         shards[-1][name] = t
         size += nbytes
     for i, shard in enumerate(shards, 1):
-        save_file(shard, str(directory / f"{stem}-{i:05d}-of-{len(shards):05d}.safetensors"),
-                  metadata={"format": "pt"})
+        path = directory / f"{stem}-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(path), metadata={"format": "pt"})
+        path.chmod(0o644)  # safetensors creates 0600; a non-root container user must read them
 
 
 def _load_sharded(directory: Path, stem: str) -> dict[str, torch.Tensor]:

@@ -1,0 +1,143 @@
+"""Training augmentation of normalised slices: the original method's family, in torch.
+
+In: slices ``x`` (B, S, S) on the networks' intensity scale and a seeded ``torch.Generator``.
+Out: augmented slices (B, S, S), same dtype and device.
+
+Each slice independently (as albumentations did in the original), each transform with
+probability ``p``:
+
+- shape (one resampling, bilinear): elastic deformation (smooth random displacement field),
+  scale in [0.85, 1.10] about the centre, rotation within +-5 degrees, flip of the a0 axis
+  (left-right in the challenge layout); outside the image the background value is filled in;
+- intensity, on the image mapped to [0, 1] by the region's range ([-3, 3] std for brain,
+  [-1, 1] for abdomen): brightness and contrast +-0.15, Gaussian blur (kernel 3, 5 or 7 with
+  OpenCV's sigma rule), Gaussian noise with variance up to 0.001; then mapped back.
+- brain: voxels that are background (exactly 0) after the shape step stay exactly 0.
+
+Deviation from the original: no clipping at +-3 std (inference never clips, so training does not).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    p: float = 0.5
+    scale: tuple[float, float] = (0.85, 1.10)
+    rotate_deg: float = 5.0
+    flip: bool = True
+    #: elastic displacement: peak amplitude in pixels and control-grid spacing in pixels
+    elastic_px: float = 3.0
+    elastic_spacing: int = 16
+    brightness: float = 0.15
+    contrast: float = 0.15
+    blur_kernels: tuple[int, ...] = (3, 5, 7)
+    noise_var: float = 0.001
+    #: intensity range mapped to [0, 1] for the colour transforms
+    value_range: tuple[float, float] = (-3.0, 3.0)
+    #: value outside the body / beyond the image border
+    background: float = 0.0
+    #: keep background voxels (== background after the shape step) exactly at ``background``
+    keep_background: bool = True
+
+
+def region_augment_config(region: str) -> AugmentConfig:
+    if region == "brain":
+        return AugmentConfig(value_range=(-3.0, 3.0), background=0.0, keep_background=True)
+    if region == "abdom":
+        return AugmentConfig(value_range=(-1.0, 1.0), background=-1.0, keep_background=False)
+    raise ValueError(f"unknown region {region!r}")
+
+
+def _coin(n: int, p: float, g: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, generator=g) < p
+
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=g)
+
+
+def shape_grid(n: int, size: int, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """Sampling grids (n, S, S, 2) for ``grid_sample``: flip, scale, rotation and elastic."""
+    angle = torch.where(_coin(n, cfg.p, g), _uniform(n, -cfg.rotate_deg, cfg.rotate_deg, g),
+                        torch.zeros(n)) * math.pi / 180
+    scale = torch.where(_coin(n, cfg.p, g), _uniform(n, *cfg.scale, g), torch.ones(n))
+    flip = torch.where(_coin(n, cfg.p, g) & cfg.flip, -torch.ones(n), torch.ones(n))
+    # Output pixel -> input pixel: inverse of (scale * rotation); grid x is columns (a1), y rows (a0).
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = cos, -sin
+    theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos * flip
+    grid = F.affine_grid(theta, (n, 1, size, size), align_corners=False)  # (n, S, S, 2)
+    elastic = _coin(n, cfg.p, g)
+    if cfg.elastic_px > 0 and bool(elastic.any()):
+        m = max(2, size // cfg.elastic_spacing + 1)
+        ctrl = torch.randn(n, 2, m, m, generator=g) * elastic.view(n, 1, 1, 1)
+        field = F.interpolate(ctrl, size=(size, size), mode="bicubic", align_corners=True)
+        amp = _uniform(n, 0.0, cfg.elastic_px, g).view(n, 1, 1, 1) * 2 / size  # px -> grid units
+        field = field / field.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6) * amp
+        grid = grid + field.permute(0, 2, 3, 1)
+    return grid
+
+
+def _gaussian_kernel(k: int) -> torch.Tensor:
+    sigma = 0.3 * ((k - 1) * 0.5 - 1) + 0.8  # OpenCV's rule for sigma = 0
+    t = torch.arange(k, dtype=torch.float32) - (k - 1) / 2
+    w = torch.exp(-t**2 / (2 * sigma**2))
+    return w / w.sum()
+
+
+def _blur(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Separable Gaussian blur of (n, S, S) with reflected borders."""
+    w = _gaussian_kernel(k).to(x)
+    h = F.pad(x.unsqueeze(1), (k // 2, k // 2, k // 2, k // 2), mode="reflect")
+    h = F.conv2d(h, w.view(1, 1, 1, k))
+    h = F.conv2d(h, w.view(1, 1, k, 1))
+    return h.squeeze(1)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, cfg: AugmentConfig = AugmentConfig()) -> torch.Tensor:
+    """Augment slices (B, S, S); every random number comes from ``generator`` (CPU)."""
+    if x.ndim != 3 or x.shape[1] != x.shape[2]:
+        raise ValueError(f"expected slices (B, S, S), got {tuple(x.shape)}")
+    n, size = x.shape[0], x.shape[-1]
+    g = generator
+    device, dtype = x.device, x.dtype
+    bg = cfg.background
+
+    grid = shape_grid(n, size, cfg, g).to(device=device, dtype=torch.float32)
+    y = F.grid_sample((x.float() - bg).unsqueeze(1), grid, mode="bilinear", padding_mode="zeros",
+                      align_corners=False).squeeze(1) + bg  # (n, S, S)
+    background = y == bg
+
+    lo, hi = cfg.value_range
+    u = (y - lo) / (hi - lo)
+    # brightness / contrast (albumentations: alpha * u + beta, beta relative to the max value 1)
+    bc = _coin(n, cfg.p, g)
+    alpha = torch.where(bc, _uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, g), torch.ones(n))
+    beta = torch.where(bc, _uniform(n, -cfg.brightness, cfg.brightness, g), torch.zeros(n))
+    u = u * alpha.to(u).view(n, 1, 1) + beta.to(u).view(n, 1, 1)
+    # blur
+    blur = _coin(n, cfg.p, g)
+    kernel = torch.randint(len(cfg.blur_kernels), (n,), generator=g)
+    for ki, k in enumerate(cfg.blur_kernels):
+        sel = (blur & (kernel == ki)).nonzero().flatten().to(device)
+        if len(sel) and k > 1:
+            u[sel] = _blur(u[sel], k)
+    # noise
+    noisy = _coin(n, cfg.p, g)
+    std = torch.where(noisy, _uniform(n, 0.0, cfg.noise_var, g).sqrt(), torch.zeros(n))
+    u = u + torch.randn(u.shape, generator=g).to(u) * std.to(u).view(n, 1, 1)
+
+    y = u * (hi - lo) + lo
+    if cfg.keep_background:
+        y = torch.where(background, torch.full_like(y, bg), y)
+    return y.to(dtype)
+
+
+__all__ = ["AugmentConfig", "region_augment_config", "augment", "shape_grid"]

@@ -1,0 +1,25 @@
+"""One place that turns ``--device auto|cpu|cuda`` into a ``torch.device``."""
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+
+log = logging.getLogger("mood")
+
+
+@functools.lru_cache(maxsize=None)  # also makes the CPU fallback line appear once per run
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available and says so when it falls back to the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        log.info("no GPU available: running on the CPU")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but no CUDA GPU is available "
+                         "(for Docker, pass --gpus all); use --device auto or cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ValueError(f"unknown device {name!r}; expected auto, cpu or cuda")
+    return torch.device(name)

@@ -1,0 +1,113 @@
+"""Folder of NIfTI files -> challenge predictions, one case at a time, never losing a case.
+
+Every input gets either its output file or a one-line error; a bad file never stops the run.
+Outputs are written atomically into the output folder and nowhere else.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .config import CHALLENGE_SHAPES, REGIONS
+from .detector import DEFAULT_RESTORATIONS, Detector
+from .volume_io import (DEFAULT_MAX_VOXELS, InputError, list_inputs, load_volume, output_path,
+                        write_scores_nifti, write_text)
+from .weights import WeightsError
+
+log = logging.getLogger("mood")
+TASKS = ("sample", "pixel")
+
+
+@dataclass
+class RunSummary:
+    total: int = 0
+    scored: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (file name, reason)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def line(self) -> str:
+        parts = [f"scored {len(self.scored)} of {self.total} volume(s)"]
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} skipped (output exists)")
+        parts.append(f"{len(self.failed)} failed")
+        return ", ".join(parts) + f" in {self.seconds:.1f} s"
+
+
+def infer_region(shape: tuple[int, ...]) -> str:
+    """Brain for 256^3, abdomen for 512^3; anything else needs an explicit --region."""
+    for region, expected in CHALLENGE_SHAPES.items():
+        if tuple(shape) == expected:
+            return region
+    raise InputError(f"cannot tell the region from shape {tuple(shape)} (brain is 256x256x256, "
+                     f"abdomen 512x512x512); pass --region brain or --region abdom")
+
+
+def predict(task: str, input: str | Path, output: str | Path, *, region: str = "auto",
+            device: str = "auto", weights: str | Path | None = None, seed: int = 0,
+            restorations: int = DEFAULT_RESTORATIONS, slices: int | None = None,
+            skip_existing: bool = False, max_voxels: int = DEFAULT_MAX_VOXELS,
+            progress: bool = True) -> RunSummary:
+    """Score every NIfTI volume in ``input`` (a folder or one file) into ``output``.
+
+    ``sample`` writes ``<name>.txt`` with one score in [0, 1); ``pixel`` writes ``<name>``, a NIfTI
+    of the input's shape and affine with voxel scores in [0, 1).
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, not {task!r}")
+    if region != "auto" and region not in REGIONS:
+        raise ValueError(f"region must be auto or one of {REGIONS}, not {region!r}")
+    if restorations < 1:
+        raise ValueError(f"--restorations must be at least 1, got {restorations}")
+    start = time.perf_counter()
+    input, output = Path(input), Path(output)
+    files = list_inputs(input)
+    output.mkdir(parents=True, exist_ok=True)
+    summary = RunSummary(total=len(files))
+    if not files:
+        log.warning("no NIfTI files (.nii, .nii.gz) in %s", input)
+
+    detectors: dict[str, Detector | WeightsError] = {}
+    suffix = ".txt" if task == "sample" else ""
+    bar = tqdm(files, desc=f"mood {task}", unit="vol", disable=not progress, dynamic_ncols=True)
+    for path in bar:
+        name = path.name
+        bar.set_postfix_str(name[-40:])
+        try:
+            out = output_path(path, output, suffix)
+            if skip_existing and out.exists():
+                summary.skipped.append(name)
+                continue
+            volume = load_volume(path, max_voxels)
+            for note in volume.notes:
+                log.warning("%s: %s", name, note)
+            reg = infer_region(volume.data.shape) if region == "auto" else region
+            if reg not in detectors:
+                try:
+                    detectors[reg] = Detector.load(reg, weights, device)
+                except WeightsError as exc:
+                    detectors[reg] = exc
+            det = detectors[reg]
+            if isinstance(det, WeightsError):
+                raise det
+            if task == "sample":
+                write_text(out, f"{det.score_sample(volume.data, slices)!r}\n")
+            else:
+                scores = det.score_pixel(volume.data, slices, restorations, seed)
+                write_scores_nifti(out, scores, volume)
+            summary.scored.append(name)
+        except (InputError, WeightsError, ValueError, RuntimeError, OSError, MemoryError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            summary.failed.append((name, reason))
+            tqdm.write(f"ERROR {path}: {reason}", file=sys.stderr)
+    summary.seconds = time.perf_counter() - start
+    return summary

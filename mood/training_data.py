@@ -1,0 +1,156 @@
+"""Training volumes -> random normalised slices with their relative positions.
+
+In: a folder of NIfTI volumes on any grid. Each is converted once to challenge form
+(:func:`mood.convert.to_challenge_form`: [0, 1], 256^3 brain or 512^3 abdomen), then every plane
+along the slice axis is passed through exactly the inference pipeline -- :class:`SliceGrid`,
+:func:`extract_slices`, :func:`normalise` -- and kept as a :class:`SliceBank` (one normalised
+``size`` x ``size`` slice and one relative position per plane). Training then draws planes at
+random over the whole extent (empty planes included, because inference scores the whole extent),
+so geometry, conditioning and intensities match inference by construction.
+
+Out: batches ``x`` (B, S, S) float32 and ``coord`` (B, 1) float32.
+
+Banks are cached as safetensors files (one per volume) keyed by the source file's size, mtime and
+the preprocessing settings, so a resumed or second training does not convert again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import RegionConfig
+from .slicing import SliceGrid, extract_slices, normalise, slice_grid
+from .volume_io import list_inputs
+
+#: Bump when the bank contents change meaning (invalidates caches).
+BANK_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SliceBank:
+    """Every plane of one volume, ready for the networks."""
+
+    name: str  # source file name
+    slices: torch.Tensor  # (depth, S, S) float32, normalised
+    positions: torch.Tensor  # (depth, 1) float32, relative slice positions
+
+    @property
+    def depth(self) -> int:
+        return int(self.slices.shape[0])
+
+
+def volume_to_bank(volume: np.ndarray | torch.Tensor, config: RegionConfig, name: str,
+                   chunk: int = 32) -> SliceBank:
+    """Challenge-form volume (a0, a1, a2) in [0, 1] -> a bank of all its a2 planes."""
+    vol = torch.as_tensor(np.ascontiguousarray(volume) if isinstance(volume, np.ndarray) else volume)
+    vol = vol.float()
+    if vol.ndim != 3:
+        raise ValueError(f"{name}: expected a 3-D volume, got shape {tuple(vol.shape)}")
+    shape = tuple(int(s) for s in vol.shape)
+    size = config.vqvae.image_size
+    parts = []
+    for z0 in range(0, shape[2], chunk):
+        grid = SliceGrid(shape, tuple(range(z0, min(z0 + chunk, shape[2]))))
+        parts.append(extract_slices(vol, grid, size))  # (c, S, S)
+    slices = torch.cat(parts)  # (depth, S, S)
+    full = SliceGrid(shape, tuple(range(shape[2])))
+    # One call over all planes: the volume statistics are the same as at inference.
+    slices = normalise(slices, vol, config).contiguous()
+    return SliceBank(name=name, slices=slices, positions=full.positions.contiguous())
+
+
+def _cache_key(path: Path, config: RegionConfig) -> str:
+    st = path.stat()
+    blob = json.dumps({"v": BANK_VERSION, "name": path.name, "size": st.st_size,
+                       "mtime": int(st.st_mtime), "region": config.region,
+                       "norm": config.normalisation, "thr": config.foreground_threshold,
+                       "image_size": config.vqvae.image_size}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def load_bank(path: Path, config: RegionConfig, cache_dir: Path | None = None) -> SliceBank:
+    """Convert ``path`` (cached in ``cache_dir`` when given) and return its bank."""
+    path = Path(path)
+    cached = None
+    if cache_dir is not None:
+        cached = Path(cache_dir) / f"{path.name.split('.')[0]}-{_cache_key(path, config)}.safetensors"
+        if cached.is_file():
+            t = load_file(str(cached))
+            return SliceBank(name=path.name, slices=t["slices"], positions=t["positions"])
+    from .convert import to_challenge_form  # imported late: conversion pulls in SimpleITK
+
+    volume, _ = to_challenge_form(path, config.region)
+    bank = volume_to_bank(volume, config, path.name)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(cached.name + ".tmp")
+        save_file({"slices": bank.slices, "positions": bank.positions}, str(tmp))
+        tmp.replace(cached)
+    return bank
+
+
+def _matches(path: Path, names: list[str]) -> bool:
+    stem = path.name.split(".")[0]
+    return path.name in names or stem in names
+
+
+def split_files(data: Path, holdout: list[str] | None) -> tuple[list[Path], list[Path]]:
+    """NIfTI files under ``data`` split into (train, holdout) by file name or stem."""
+    files = list_inputs(Path(data))
+    if not files:
+        raise ValueError(f"no NIfTI volumes (.nii, .nii.gz) in {data}")
+    names = list(holdout or [])
+    unknown = [n for n in names if not any(_matches(f, [n]) for f in files)]
+    if unknown:
+        raise ValueError(f"holdout names {unknown} match no file in {data} "
+                         f"(have {[f.name for f in files]})")
+    train = [f for f in files if not _matches(f, names)]
+    held = [f for f in files if _matches(f, names)]
+    if not train:
+        raise ValueError(f"every volume in {data} is held out; nothing left to train on")
+    return train, held
+
+
+def load_banks(data: Path, config: RegionConfig, holdout: list[str] | None,
+               cache_dir: Path | None = None) -> tuple[list[SliceBank], list[SliceBank]]:
+    """Banks of the training and the holdout volumes in ``data``."""
+    train, held = split_files(data, holdout)
+    return ([load_bank(p, config, cache_dir) for p in train],
+            [load_bank(p, config, cache_dir) for p in held])
+
+
+def sample_batch(banks: list[SliceBank], batch_size: int,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random planes: a volume uniformly, then a plane uniformly over its whole extent.
+
+    Returns ``x`` (B, S, S) and ``coord`` (B, 1).
+    """
+    vols = torch.randint(len(banks), (batch_size,), generator=generator).tolist()
+    xs, cs = [], []
+    for v in vols:
+        bank = banks[v]
+        i = int(torch.randint(bank.depth, (1,), generator=generator))
+        xs.append(bank.slices[i])
+        cs.append(bank.positions[i])
+    return torch.stack(xs), torch.stack(cs)
+
+
+def fixed_batch(banks: list[SliceBank], n_per_volume: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic evaluation slices: ``n_per_volume`` planes of each bank, spread like inference."""
+    xs, cs = [], []
+    for bank in banks:
+        grid = slice_grid((1, 1, bank.depth), n_per_volume)
+        idx = list(grid.indices)
+        xs.append(bank.slices[idx])
+        cs.append(bank.positions[idx])
+    return torch.cat(xs), torch.cat(cs)
+
+
+__all__ = ["SliceBank", "volume_to_bank", "load_bank", "load_banks", "split_files",
+           "sample_batch", "fixed_batch"]
