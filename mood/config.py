@@ -102,7 +102,7 @@ def region_preset(region: str) -> RegionConfig:
     raise ValueError(f"unknown region {region!r}; expected one of {', '.join(REGIONS)}")
 
 
-def tiny_preset(region: str = "brain", image_size: int = 32) -> RegionConfig:
+def tiny_preset(region: str = "brain", image_size: int = 64) -> RegionConfig:
     """A small model of the same structure, for tests and smoke runs (seconds on a CPU)."""
     full = region_preset(region)
     depth = len(full.vqvae.channels) - 1

@@ -84,9 +84,9 @@ path-include=/usr/share/doc/*/copyright"
 
 make_rootfs() {  # $1: target directory (must not exist or be empty)
     if command -v mmdebstrap >/dev/null 2>&1; then
-        # shellcheck disable=SC2086
-        mmdebstrap --quiet --variant=minbase --include="$PACKAGES" \
-            $(printf '%s\n' "$DPKG_SLIM" | sed 's/^/--dpkgopt=/') \
+        printf '%s\n' "$DPKG_SLIM" > "$WORK/dpkg-slim"
+        # shellcheck disable=SC2016  # the hooks' $1 is mmdebstrap's (the chroot)
+        mmdebstrap --quiet --variant=minbase --include="$PACKAGES" --dpkgopt="$WORK/dpkg-slim" \
             --customize-hook='mkdir -p "$1/usr/local/share/ca-certificates"' \
             --customize-hook="sync-in $WORK/ca /usr/local/share/ca-certificates" \
             --customize-hook='chroot "$1" update-ca-certificates >/dev/null' \

@@ -1,0 +1,228 @@
+"""Normal volumes -> a validation set in the MOOD toy layout, with synthetic anomalies.
+
+In: a folder (or one file) of normal volumes in any format :mod:`mood.convert` reads. Out, under
+``output``::
+
+    toy/toy_000.nii.gz ...                 the cases (float32, challenge form)
+    toy_label/sample/toy_000.nii.gz.txt    "1" (anomalous) or "0" (normal)
+    toy_label/pixel/toy_000.nii.gz         uint8 mask of the changed voxels (all 0 for normals)
+    toy_manifest.json                      per case: source volume, anomaly kind and parameters
+
+This is the layout of the challenge's toy data and what its evaluator expects: labels and
+predictions share the case's file name, with ``.txt`` appended for the sample task
+(``<case>.nii.gz.txt``). The manifest sits beside ``toy/``, not in it, so that a predictor run on
+``toy/`` sees only volumes.
+
+Inputs already in challenge form (the region's shape, values in [0, 1]) are used as they are;
+others are converted (:func:`mood.convert.to_challenge_form`). ``size`` writes smaller volumes for
+quick runs (the predictor then needs an explicit ``--region``). Case ``i`` draws from its own
+generator ``default_rng([seed, i])``: the same seed gives the same set, whatever the order.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from .anomalies import KINDS, insert_anomaly_spec
+from .config import CHALLENGE_SHAPES, REGIONS
+from .convert import list_volumes, save_nifti, to_challenge_form
+
+log = logging.getLogger(__name__)
+
+CASE_PREFIX = "toy_"
+MANIFEST = "toy_manifest.json"
+
+
+@dataclass(frozen=True)
+class ToyCase:
+    name: str  # file name in toy/, e.g. "toy_000.nii.gz"
+    source: str  # the normal volume it was made from
+    kind: str | None  # anomaly kind; None for an untouched normal
+    n_changed: int  # voxels in the pixel label
+
+
+@dataclass(frozen=True)
+class ToySummary:
+    output: Path
+    region: str
+    shape: tuple[int, int, int]
+    seed: int
+    cases: tuple[ToyCase, ...] = field(default_factory=tuple)
+
+    @property
+    def n_cases(self) -> int:
+        return len(self.cases)
+
+    @property
+    def n_anomalous(self) -> int:
+        return sum(c.kind is not None for c in self.cases)
+
+    @property
+    def n_normal(self) -> int:
+        return self.n_cases - self.n_anomalous
+
+
+def _is_challenge_form(shape: tuple[int, ...], lo: float, hi: float, region: str | None,
+                       size: tuple[int, int, int] | None) -> bool:
+    expected = [tuple(size)] if size is not None else (
+        [tuple(CHALLENGE_SHAPES[region])] if region else [tuple(s) for s in CHALLENGE_SHAPES.values()])
+    return tuple(shape) in expected and lo >= 0.0 and hi <= 1.0
+
+
+def _region_from_shape(shape: tuple[int, ...]) -> str | None:
+    for region, s in CHALLENGE_SHAPES.items():
+        if tuple(s) == tuple(shape):
+            return region
+    return None
+
+
+def load_normal(path: Path, region: str, size: tuple[int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One normal volume in challenge form: ``(data float32 (a0, a1, a2) in [0, 1], affine)``.
+
+    A NIfTI that already has the target shape and values in [0, 1] is kept as it is; anything
+    else goes through :func:`mood.convert.to_challenge_form`.
+    """
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        try:
+            img = nib.load(str(path))
+        except Exception as exc:
+            raise ValueError(f"{path}: not a readable NIfTI ({type(exc).__name__}: {exc})") from None
+        shape = tuple(img.shape[:3]) if len(img.shape) == 3 or img.shape[3:] == (1,) else tuple(img.shape)
+        target = tuple(size) if size is not None else tuple(CHALLENGE_SHAPES[region])
+        if shape == target:
+            data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
+            if np.isfinite(data).all() and _is_challenge_form(shape, float(data.min()), float(data.max()),
+                                                              region, size):
+                return data, np.asarray(img.affine, dtype=np.float64)
+    return to_challenge_form(path, region, shape=size)
+
+
+def _write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".part", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _check_args(count: int, normal_fraction: float, region: str | None,
+                size: tuple[int, ...] | None, kinds: tuple[str, ...]) -> None:
+    if count < 1:
+        raise ValueError(f"count={count}: must be at least 1")
+    if not 0.0 <= normal_fraction <= 1.0:
+        raise ValueError(f"normal_fraction={normal_fraction}: must lie in [0, 1]")
+    if region is not None and region not in REGIONS:
+        raise ValueError(f"unknown region {region!r}; expected one of {', '.join(REGIONS)}")
+    if size is not None and (len(size) != 3 or min(int(s) for s in size) < 8):
+        raise ValueError(f"size {tuple(size)}: expected three sizes of at least 8 voxels")
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"anomaly kinds {unknown or '(none)'}: expected some of {', '.join(KINDS)}")
+
+
+def make_toy(input: Path, output: Path, count: int, seed: int, region: str | None = None,
+             normal_fraction: float = 0.25, size: tuple[int, int, int] | None = None,
+             kinds: tuple[str, ...] = KINDS) -> ToySummary:
+    """Write ``count`` cases in the MOOD toy layout under ``output`` and return a summary.
+
+    Args:
+        input: folder (or one file) of normal volumes; cases use them in turn.
+        output: folder for ``toy/``, ``toy_label/`` and ``toy_manifest.json`` (created).
+        count: number of cases.
+        seed: the set is a pure function of the inputs, ``seed`` and the other arguments.
+        region: ``"brain"`` or ``"abdom"``; default from the inputs' shape when they already are
+            in challenge form, otherwise required.
+        normal_fraction: share of untouched normal cases (rounded; chosen at random positions).
+        size: write volumes of this shape (a0, a1, a2) instead of the region's challenge shape.
+        kinds: anomaly kinds, used in turn by the anomalous cases (shuffled start).
+
+    Raises ``ValueError`` for bad arguments, when ``input`` has no volumes, or when the region
+    cannot be inferred.
+    """
+    input, output = Path(input), Path(output)
+    kinds = tuple(kinds)
+    _check_args(count, normal_fraction, region, size, kinds)
+    size = None if size is None else tuple(int(s) for s in size)  # type: ignore[assignment]
+    sources = list_volumes(input)
+    if not sources:
+        raise ValueError(f"{input}: no volume files")
+    if region is None:
+        first = nib.load(str(sources[0])) if sources[0].name.lower().endswith((".nii", ".nii.gz")) else None
+        region = _region_from_shape(tuple(first.shape[:3])) if first is not None else None
+        if region is None:
+            raise ValueError(f"cannot tell the region of {sources[0]} from its shape; pass region "
+                             f"('brain' or 'abdom')")
+
+    plan_rng = np.random.default_rng([seed, 2**31 - 1])
+    n_normal = int(round(count * normal_fraction))
+    normal_idx = set(plan_rng.permutation(count)[:n_normal].tolist())
+    offset = int(plan_rng.integers(len(kinds)))
+    plan: list[tuple[int, str | None]] = []
+    j = 0
+    for i in range(count):
+        if i in normal_idx:
+            plan.append((i, None))
+        else:
+            plan.append((i, kinds[(offset + j) % len(kinds)]))
+            j += 1
+
+    toy_dir, sample_dir, pixel_dir = output / "toy", output / "toy_label" / "sample", output / "toy_label" / "pixel"
+    for d in (toy_dir, sample_dir, pixel_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    width = max(3, len(str(count - 1)))
+    cases: dict[int, ToyCase] = {}
+    manifest: dict[str, dict] = {}
+    shape_out: tuple[int, int, int] | None = None
+    # one normal volume in memory at a time: all cases made from source s are written together
+    for s, source in enumerate(sources):
+        mine = [(i, kind) for i, kind in plan if i % len(sources) == s]
+        if not mine:
+            continue
+        normal, affine = load_normal(source, region, size)
+        shape_out = tuple(normal.shape)  # type: ignore[assignment]
+        for i, kind in mine:
+            name = f"{CASE_PREFIX}{i:0{width}d}.nii.gz"
+            rng = np.random.default_rng([seed, i])
+            spec = None
+            if kind is None:
+                volume, mask = normal, np.zeros(normal.shape, dtype=bool)
+            else:
+                volume, mask, spec = insert_anomaly_spec(normal, rng, kind)
+                if not mask.any():
+                    log.warning("%s: the %s anomaly changed no voxel; written as a normal case", name, kind)
+                    kind, spec = None, None
+            save_nifti(toy_dir / name, volume, affine)
+            save_nifti(pixel_dir / name, mask, affine, dtype=np.uint8)
+            _write_text(sample_dir / f"{name}.txt", "1\n" if kind is not None else "0\n")
+            cases[i] = ToyCase(name=name, source=source.name, kind=kind, n_changed=int(mask.sum()))
+            manifest[name] = {"source": source.name, "kind": kind, "n_changed": int(mask.sum()),
+                              "anomaly": spec.to_dict() if spec is not None else None}
+            log.info("%s: %s from %s (%d voxels changed)", name, kind or "normal", source.name, int(mask.sum()))
+            del volume, mask
+        del normal
+
+    summary = ToySummary(output=output, region=region, shape=shape_out or (0, 0, 0), seed=seed,
+                         cases=tuple(cases[i] for i in sorted(cases)))
+    record = {"region": region, "shape": list(summary.shape), "seed": seed, "count": count,
+              "normal_fraction": normal_fraction, "kinds": list(kinds), "inputs": [p.name for p in sources],
+              "cases": {name: manifest[name] for name in sorted(manifest)}}
+    _write_text(output / MANIFEST, json.dumps(record, indent=2) + "\n")
+    return summary
+
+
+def summary_dict(summary: ToySummary) -> dict:
+    """A JSON-friendly view of a :class:`ToySummary`."""
+    d = asdict(summary)
+    d["output"] = str(summary.output)
+    d.update(n_cases=summary.n_cases, n_anomalous=summary.n_anomalous, n_normal=summary.n_normal)
+    return d
+
+
+__all__ = ["ToyCase", "ToySummary", "make_toy", "load_normal", "summary_dict", "MANIFEST"]

@@ -1,0 +1,89 @@
+"""Weights I/O: safetensors + JSON card round trip, and clear refusals."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mood.config import tiny_preset
+from mood.detector import Detector, resolve_weights
+from mood.networks import VQVAE, PixelSNAIL
+from mood.weights import MAX_SHARD_BYTES, Card, ScoreMap, WeightsError, load_prior, load_vqvae, read_card, save_models
+
+from conftest import make_weights
+
+
+def test_round_trip(tmp_path):
+    d = make_weights(tmp_path, "brain", lambda_s=6.5, lambda_p=4.5,
+                     sample_map=ScoreMap(123.0), pixel_map=ScoreMap(0.7))
+    card = read_card(d)
+    assert (card.threshold_sample, card.threshold_pixel) == (6.5, 4.5)
+    assert card.sample_map.scale == 123.0 and card.pixel_map.scale == 0.7
+    assert card.config == tiny_preset("brain")
+    torch.manual_seed(0)
+    ref_vq, ref_prior = VQVAE(card.config.vqvae).eval(), PixelSNAIL(card.config.prior).eval()
+    vq, prior = load_vqvae(d), load_prior(d)
+    for a, b in zip(ref_vq.state_dict().values(), vq.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(ref_prior.state_dict().values(), prior.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not list(d.glob("*.pt")) and not list(d.glob("*.pth")) and not list(d.glob("*.bin"))
+
+
+def test_defaults_when_card_has_no_thresholds(tmp_path):
+    card = read_card(make_weights(tmp_path, "abdom"))
+    assert (card.threshold_sample, card.threshold_pixel) == (7.0, 5.0)
+
+
+def test_fp16_storage_and_shards(tmp_path, monkeypatch):
+    monkeypatch.setattr("mood.weights.MAX_SHARD_BYTES", 20_000)
+    cfg = tiny_preset("brain")
+    vq, prior = VQVAE(cfg.vqvae), PixelSNAIL(cfg.prior)
+    save_models(tmp_path, Card(cfg), vq, prior, dtype=torch.float16)
+    shards = sorted(tmp_path.glob("prior-*.safetensors"))
+    assert len(shards) > 1
+    loaded = load_prior(tmp_path)
+    assert next(loaded.parameters()).dtype == torch.float32
+    for a, b in zip(prior.state_dict().values(), loaded.state_dict().values()):
+        assert torch.allclose(a.float(), b, rtol=1e-3, atol=1e-4)
+    assert MAX_SHARD_BYTES == 16 * 1024 * 1024
+
+
+def test_missing_files_are_explained(tmp_path):
+    with pytest.raises(WeightsError, match="no weights card"):
+        read_card(tmp_path)
+    d = make_weights(tmp_path, "brain")
+    next(d.glob("prior-*")).unlink()
+    with pytest.raises(WeightsError, match="prior"):
+        load_prior(d)
+    with pytest.raises(WeightsError, match="no weights installed|no weights card"):
+        Detector.load("brain", tmp_path / "nowhere", device="cpu")
+
+
+def test_mismatched_architecture_is_refused(tmp_path):
+    d = make_weights(tmp_path, "brain")
+    card = json.loads((d / "card.json").read_text())
+    card["config"]["prior"]["channels"] = 32
+    (d / "card.json").write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="do not match the architecture"):
+        load_prior(d)
+
+
+def test_wrong_version_and_region(tmp_path):
+    d = make_weights(tmp_path, "brain")
+    assert resolve_weights("brain", tmp_path) == d and resolve_weights("brain", d) == d
+    with pytest.raises(WeightsError, match="region"):
+        Detector.load("abdom", d, device="cpu")
+    card = json.loads((d / "card.json").read_text())
+    card["format_version"] = 99
+    (d / "card.json").write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="format_version"):
+        read_card(d)
+
+
+def test_score_map_is_monotone_and_below_one():
+    m = ScoreMap(2.0)
+    x = torch.tensor([0.0, 1e-6, 1.0, 2.0, 1e3, 1e9], dtype=torch.float64)
+    y = m(x)
+    assert torch.all(y[1:] > y[:-1]) and float(y[-1]) < 1.0 and float(y[3]) == 0.5
