@@ -97,7 +97,8 @@ def _random_body_voxel(fg: np.ndarray, rng: np.random.Generator, avoid: tuple[in
     idx = np.flatnonzero(fg)
     if idx.size == 0:
         return tuple(int(v) for v in rng.integers(0, shape))  # type: ignore[return-value]
-    return tuple(int(v) for v in np.unravel_index(idx[rng.integers(idx.size)], fg.shape))  # type: ignore[return-value]
+    flat = idx[rng.integers(idx.size)]
+    return tuple(int(v) for v in np.unravel_index(flat, fg.shape))  # type: ignore[return-value]
 
 
 def sample_anomaly(volume: np.ndarray, rng: np.random.Generator, kind: str | None = None, *,
@@ -262,5 +263,5 @@ def insert_anomaly_spec(volume: np.ndarray, rng: np.random.Generator, kind: str 
     return out, mask, spec
 
 
-__all__ = ["KINDS", "AnomalySpec", "body_mask", "sample_anomaly", "apply_anomaly", "insert_anomaly",
+__all__ = ["KINDS", "MIN_CHANGE", "FOREGROUND_THRESHOLD", "AnomalySpec", "body_mask", "sample_anomaly", "apply_anomaly", "insert_anomaly",
            "insert_anomaly_spec"]

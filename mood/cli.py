@@ -61,6 +61,80 @@ def build_parser() -> argparse.ArgumentParser:
                        ("pixel", "voxel anomaly scores in [0, 1) -> <name>, same shape and affine")):
         p = sub.add_parser(task, help=text, description=text)
         _scoring_arguments(p, pixel=task == "pixel")
+
+    p = sub.add_parser("train", help="train the VQ-VAE or the prior on normal volumes",
+                       description="Train one model of a region on a folder of normal volumes (any grid; "
+                                   "converted to the challenge's form). Resumable; logs to OUT/train/. "
+                                   "Multi-process: torchrun --nproc_per_node=N -m mood train ...")
+    p.add_argument("model", choices=("vqvae", "prior"))
+    p.add_argument("--region", required=True, choices=REGIONS)
+    p.add_argument("--data", required=True, type=Path, help="folder of normal volumes")
+    p.add_argument("--out", required=True, type=Path, help="weights folder to write")
+    p.add_argument("--vqvae", type=Path, help="(prior) weights folder of the trained VQ-VAE")
+    p.add_argument("--steps", type=_positive_int, default=1000)
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--holdout", nargs="*", default=None, help="file names kept out for the holdout loss")
+    p.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
+    p.add_argument("--tiny", action="store_true", help="a tiny model of the same structure (smoke runs)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ckpt-every", type=_positive_int, default=100)
+    p.add_argument("--log-every", type=_positive_int, default=10)
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many seconds")
+
+    p = sub.add_parser("calibrate", help="fit thresholds and score maps on normal holdout volumes",
+                       description="Set lambda_s (98th) and lambda_p (90th percentile of per-code NLL) and "
+                                   "the score maps from normal holdout volumes; writes them into the card.")
+    p.add_argument("--region", required=True, choices=REGIONS)
+    p.add_argument("--data", required=True, type=Path, help="folder of normal holdout volumes")
+    p.add_argument("--weights", required=True, type=Path)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--slices", type=_positive_int, default=8, help="slices for the (slow) pixel part")
+    p.add_argument("--restorations", type=_positive_int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("init-weights", help="write randomly initialised models (tests, smoke runs)")
+    p.add_argument("--region", required=True, choices=REGIONS)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("convert", help="convert volumes (NIfTI, NRRD, MHA) to the challenge's form")
+    p.add_argument("--input", "-i", required=True, type=Path)
+    p.add_argument("--output", "-o", required=True, type=Path)
+    p.add_argument("--region", required=True, choices=REGIONS)
+
+    p = sub.add_parser("make-toy", help="a validation set with synthetic anomalies (MOOD toy layout)",
+                       description="Writes OUT/toy/, OUT/toy_label/sample/<name>.txt and "
+                                   "OUT/toy_label/pixel/<name> from normal volumes.")
+    p.add_argument("--input", "-i", required=True, type=Path, help="a normal volume or a folder of them")
+    p.add_argument("--output", "-o", required=True, type=Path)
+    p.add_argument("--count", required=True, type=_positive_int, help="number of cases")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--region", choices=REGIONS, default=None)
+    p.add_argument("--normal-fraction", type=float, default=0.25, help="share of untouched normals")
+    p.add_argument("--size", type=_positive_int, nargs=3, default=None, metavar=("A0", "A1", "A2"),
+                   help="write smaller volumes (quick runs; then score with an explicit --region)")
+
+    from .validate import add_arguments as add_validate_arguments
+    add_validate_arguments(sub.add_parser(
+        "validate", help="the challenge's metric on a toy layout (package or --docker IMAGE)",
+        description="Run the package or a container on a MOOD toy layout and score it exactly as the "
+                    "challenge's evaluator does (average precision), plus AUROC and best Dice."))
+
+    p = sub.add_parser("show", help="a PNG montage of axial slices with scores and labels")
+    p.add_argument("volume", type=Path)
+    p.add_argument("--scores", type=Path, default=None, help="a pixel prediction to overlay")
+    p.add_argument("--label", type=Path, default=None, help="a mask to outline")
+    p.add_argument("--png", required=True, type=Path)
+    p.add_argument("--slices", type=_positive_int, default=12)
+
+    p = sub.add_parser("demo", help="the whole pipeline on a shipped volume, in a few minutes on a CPU")
+    p.add_argument("--output", "-o", type=Path, default=Path("mood-demo"))
+    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--device", default="auto")
     return parser
 
 
@@ -77,12 +151,91 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
-HANDLERS = {"sample": _run_predict, "pixel": _run_predict}
+def _run_train(args: argparse.Namespace) -> int:
+    from .train import train_prior, train_vqvae
+
+    common = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, holdout=args.holdout,
+                  resume=args.resume, tiny=args.tiny, device=args.device, seed=args.seed,
+                  ckpt_every=args.ckpt_every, log_every=args.log_every, threads=args.threads,
+                  time_limit=args.time_limit)
+    if args.model == "vqvae":
+        out = train_vqvae(args.region, args.data, args.out, **common)
+    else:
+        if args.vqvae is None:
+            raise ValueError("training the prior needs --vqvae DIR (the trained VQ-VAE's weights)")
+        out = train_prior(args.region, args.data, args.out, vqvae=args.vqvae, **common)
+    print(f"weights written to {out}", file=sys.stderr)
+    return 0
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import calibrate
+
+    card = calibrate(args.region, args.data, args.weights, device=args.device, n_slices=args.slices,
+                     restorations=args.restorations, seed=args.seed)
+    print(f"lambda_s={card.lambda_s:.4g} lambda_p={card.lambda_p:.4g} sample scale="
+          f"{card.sample_map.scale:.4g} pixel scale={card.pixel_map.scale:.4g} -> {args.weights}")
+    return 0
+
+
+def _run_init_weights(args: argparse.Namespace) -> int:
+    from .train import init_weights
+
+    print(init_weights(args.region, args.out, tiny=args.tiny, seed=args.seed))
+    return 0
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from .convert import convert_folder
+
+    written = convert_folder(args.input, args.output, args.region)
+    print(f"converted {len(written)} volume(s) into {args.output}", file=sys.stderr)
+    return 0 if written else 1
+
+
+def _run_make_toy(args: argparse.Namespace) -> int:
+    import json
+
+    from .toy import make_toy, summary_dict
+
+    summary = make_toy(args.input, args.output, args.count, args.seed, region=args.region,
+                       normal_fraction=args.normal_fraction,
+                       size=tuple(args.size) if args.size else None)
+    print(json.dumps(summary_dict(summary), indent=2))
+    return 0
+
+
+def _run_validate(args: argparse.Namespace) -> int:
+    from .validate import run_from_args
+
+    return run_from_args(args, getattr(args, "_extra", []))
+
+
+def _run_show(args: argparse.Namespace) -> int:
+    from .show import show
+
+    print(show(args.volume, args.png, scores=args.scores, label=args.label, n_slices=args.slices))
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import demo
+
+    return demo(args.output, weights=args.weights, device=args.device)
+
+
+HANDLERS = {"sample": _run_predict, "pixel": _run_predict, "train": _run_train,
+            "calibrate": _run_calibrate, "init-weights": _run_init_weights, "convert": _run_convert,
+            "make-toy": _run_make_toy, "validate": _run_validate, "show": _run_show, "demo": _run_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    args = build_parser().parse_args(argv)
+    from .validate import split_extra
+
+    own, extra = split_extra(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(own)
+    args._extra = extra
     try:
         return HANDLERS[args.command](args)
     except (ValueError, FileNotFoundError) as exc:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .networks import PixelSNAIL
+from .networks.rowwise import RowwisePrior
 
 
 def draw_uniforms(n_slices: int, n_restorations: int, n_positions: int, seed: int) -> torch.Tensor:
@@ -55,44 +56,55 @@ def restore_reference(prior: PixelSNAIL, codes: torch.Tensor, coord: torch.Tenso
     return rows.view(s, n, h, w)
 
 
+def _unique_states(slice_of_row: torch.Tensor, rows: torch.Tensor, todo: torch.Tensor):
+    """Representatives of the distinct (slice, codes) states among rows ``todo``, and the map back."""
+    keys = torch.cat([slice_of_row[todo, None], rows[todo].flatten(1)], dim=1)
+    unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    reps = torch.full((len(unique),), -1, dtype=torch.long, device=rows.device)
+    reps.scatter_(0, inverse.flip(0), todo.flip(0))
+    return reps, inverse
+
+
 @torch.no_grad()
 def restore(prior: PixelSNAIL, codes: torch.Tensor, coord: torch.Tensor, uniforms: torch.Tensor,
-            threshold: float, max_batch: int = 64) -> torch.Tensor:
-    """Same result as :func:`restore_reference`, computing each distinct row state's logits once.
+            threshold: float) -> torch.Tensor:
+    """Same result as :func:`restore_reference` at about one prior pass per restoration.
 
-    The logits at position p depend only on codes before p, and positions after p still hold the
-    input codes, so a row's logits stay valid until that row itself changes. Rows are therefore
-    evaluated only when they changed since their logits were computed (or never were), identical
-    rows (replicas of one slice that have not diverged) are evaluated once, and the evaluations
-    due at one step run as one batch.
+    Grid row r is evaluated row-wise from cached activations of the rows above
+    (:class:`~mood.networks.rowwise.RowwisePrior`); within the row, a restoration is re-evaluated
+    only after one of its codes changed (positions after the current one still hold the input
+    codes, and logits never depend on later positions); identical restorations (replicas of a
+    slice that have not diverged) are evaluated once; the evaluations due at one step run as one
+    batch.
     """
     s, h, w = codes.shape
     n = uniforms.shape[1]
     n_rows = s * n
-    rows = codes.repeat_interleave(n, 0).clone()  # (N, L, L)
-    slice_of_row = torch.arange(s, device=codes.device).repeat_interleave(n)  # (N,)
-    row_coord = coord.repeat_interleave(n, 0)
+    rows = codes.repeat_interleave(n, 0).clone()  # (N, L, L), row s*n + j = restoration j of slice s
+    slice_of_row = torch.arange(s, device=codes.device).repeat_interleave(n)
     u = uniforms.reshape(n_rows, h * w)
-    cache: torch.Tensor | None = None  # (N, K, L, L) logits of each row's current state
+    net = RowwisePrior(prior, coord.repeat_interleave(n, 0), n_rows)
+    logits = None  # (N, K, L): logits of the current grid row for every restoration
     stale = torch.ones(n_rows, dtype=torch.bool, device=codes.device)
 
-    for p in range(h * w):
-        r, c = divmod(p, w)
-        if stale.any():
+    def evaluate(r: int, todo: torch.Tensor) -> torch.Tensor:
+        reps, inverse = _unique_states(slice_of_row, rows, todo)
+        return net.compute_row(r, rows, reps, todo, inverse)[inverse]
+
+    for r in range(h):
+        if r > 0 and stale.any():  # changed after their last evaluation: finish their row r - 1
             todo = stale.nonzero().squeeze(1)
-            # Identical states (same slice, same codes) share one evaluation.
-            keys = torch.cat([slice_of_row[todo, None], rows[todo].flatten(1)], dim=1)
-            unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
-            first = torch.full((len(unique),), -1, dtype=torch.long, device=codes.device)
-            first.scatter_(0, inverse.flip(0), todo.flip(0))  # a representative row per state
-            logits = torch.cat([prior(rows[first[i:i + max_batch]], row_coord[first[i:i + max_batch]])
-                                for i in range(0, len(first), max_batch)])
-            if cache is None:
-                cache = logits.new_empty((n_rows, *logits.shape[1:]))
-            cache[todo] = logits[inverse]
-            stale[todo] = False
-        new = _step(cache[:, :, r, c], rows[:, r, c], u[:, p], threshold)
-        changed = new != rows[:, r, c]
-        rows[:, r, c] = new
-        stale |= changed
+            evaluate(r - 1, todo)
+        stale[:] = True
+        for c in range(w):
+            if stale.any():
+                todo = stale.nonzero().squeeze(1)
+                row_logits = evaluate(r, todo)
+                if logits is None:
+                    logits = row_logits.new_empty((n_rows, *row_logits.shape[1:]))
+                logits[todo] = row_logits
+                stale[:] = False
+            new = _step(logits[:, :, c], rows[:, r, c], u[:, r * w + c], threshold)
+            stale |= new != rows[:, r, c]
+            rows[:, r, c] = new
     return rows.view(s, n, h, w)

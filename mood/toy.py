@@ -32,7 +32,7 @@ import numpy as np
 
 from .anomalies import KINDS, insert_anomaly_spec
 from .config import CHALLENGE_SHAPES, REGIONS
-from .convert import list_volumes, save_nifti, to_challenge_form
+from .convert import list_volumes, publish, save_nifti, to_challenge_form
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,13 @@ def load_normal(path: Path, region: str, size: tuple[int, int, int] | None = Non
 
 def _write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".part", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        publish(Path(tmp), path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _check_args(count: int, normal_fraction: float, region: str | None,

@@ -44,7 +44,7 @@ def test_fast_equals_reference_float64(region, quantile):
     # quantile 1: the threshold is above every NLL at the start (rows that rarely or never change).
     threshold = float(nll.quantile(quantile)) + (1.0 if quantile == 1.0 else -1e-9)
     ref = restore_reference(prior, codes, coord, u, threshold)
-    fast = restore(prior, codes, coord, u, threshold, max_batch=5)
+    fast = restore(prior, codes, coord, u, threshold)
     assert torch.equal(ref, fast)
     changed = (ref != codes[:, None]).float().mean().item()
     if quantile == 0.0:

@@ -1,0 +1,182 @@
+"""Row-by-row evaluation of a PixelSNAIL with cached context, for raster-order restoration.
+
+Every layer of the prior is causal by grid rows: output row r depends on input rows <= r only,
+and each layer looks at most two rows up (the first convolution: ``first_kernel // 2`` rows;
+attention: every earlier position, kept as cached keys and values). So once restoration has moved
+past row r, nothing in rows <= r changes again, and the logits of row r + 1 can be computed from
+cached activations of the rows above plus row r + 1 itself: about 1/L of a full pass.
+
+:class:`RowwisePrior` keeps, for each of N "states" (restorations), ring buffers of the last three
+rows of every activation that a later row reads, and the attention keys/values of every position.
+``compute_row(r, reps, targets, inverse)`` evaluates row r for the representative states ``reps``
+(from their cached rows < r and their current codes) and stores the results for all ``targets``
+(``targets[i]`` gets ``reps[inverse[i]]``'s row), so identical states are evaluated once.
+
+Inference only: dropout is ignored, as in eval mode. Shapes: codes (N, L, L); logits row (m, K, L).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .pixelsnail import GatedResBlock, MaskedConv2d, PixelSNAIL, WNConv2d
+
+_DEPTH = 3  # rows kept per activation: the widest look-up (5x5 masked conv) needs r-2..r
+
+
+class _Ring:
+    """Last ``_DEPTH`` rows of one activation for every state: (N, C, _DEPTH, W), row r at slot r % 3.
+
+    Rows above the grid read as zeros (slots start at zero and a row < 0 is never written), which
+    is the zero padding the full network applies.
+    """
+
+    def __init__(self, n: int, c: int, w: int, like: torch.Tensor) -> None:
+        self.buf = like.new_zeros((n, c, _DEPTH, w))
+
+    def window(self, idx: torch.Tensor, r: int, k: int) -> torch.Tensor:
+        """Rows r-k+1..r of states ``idx``: (m, C, k, W)."""
+        slots = [(r - k + 1 + i) % _DEPTH for i in range(k)]
+        out = self.buf[idx][:, :, slots]
+        first_valid = max(0, k - 1 - r)  # rows above the grid
+        if first_valid:
+            out[:, :, :first_valid] = 0
+        return out
+
+    def write(self, idx: torch.Tensor, r: int, row: torch.Tensor) -> None:
+        self.buf[idx, :, r % _DEPTH] = row[:, :, 0]
+
+
+def _conv_row(conv: WNConv2d, weight: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """One output row of a (kh, kw) weight-normalised conv from its kh input rows: (m, C', 1, W)."""
+    kw = conv.kernel[1]
+    out = F.conv2d(window, weight, conv.bias, padding=(0, kw // 2))
+    return out[..., :-1] if kw == 2 else out
+
+
+class RowwisePrior:
+    def __init__(self, prior: PixelSNAIL, coord: torch.Tensor, n_states: int) -> None:
+        if prior.training:
+            raise ValueError("RowwisePrior evaluates an eval-mode prior; call prior.eval() first")
+        cfg = prior.config
+        self.prior, self.cfg = prior, cfg
+        self.L, self.C, self.ds = cfg.latent_size, cfg.channels, cfg.attention_downsample
+        self.wd = math.ceil(self.L / self.ds)  # attention grid width
+        like = prior.head_up.weight
+        self.coord = coord.to(like.dtype)  # (N, 1)
+        self.background = prior.background.to(like.dtype)  # (1, 2, L, L)
+        # Weight-normalised and masked kernels, computed once.
+        self.w = {m: m.weight() for m in prior.modules() if isinstance(m, WNConv2d)}
+        self.masked = {}
+        for m in prior.modules():
+            if isinstance(m, MaskedConv2d):
+                k = m.kernel
+                full = F.pad(m.weight, (0, k * k - m.n_taps)).view(*m.weight.shape[:2], k, k)
+                self.masked[m] = full[:, :, : k // 2 + 1]  # rows below the centre are all zero
+
+        n, c, L = n_states, self.C, self.L
+        self.rings = []
+        for _ in prior.blocks:
+            rings = {"x": _Ring(n, c, L, like)}
+            for lvl in range(cfg.n_res_blocks):
+                for name in ("v", "v_mid", "h", "h_mid"):
+                    rings[f"{name}{lvl}"] = _Ring(n, c, L, like)
+            self.rings.append(rings)
+        n_pos = self.wd * math.ceil(L / self.ds)
+        self.keys = [like.new_zeros((n, n_pos, cfg.key_size)) for _ in prior.blocks]
+        self.values = [like.new_zeros((n, n_pos, c)) for _ in prior.blocks]
+        self.attn_row = [like.new_zeros((n, c, 1, self.wd)) for _ in prior.blocks]
+
+    # -- pieces ---------------------------------------------------------------------------
+    def _cond(self, idx: torch.Tensor, r: int, k: int) -> torch.Tensor:
+        """Coord plane rows r-k+1..r, zero above the grid (padding applies to it too): (m, 1, k, L)."""
+        out = self.coord[idx].view(-1, 1, 1, 1).expand(-1, 1, k, self.L).clone()
+        out[:, :, : max(0, k - 1 - r)] = 0
+        return out
+
+    def _background(self, r: int, k: int) -> torch.Tensor:
+        """Background rows r-k+1..r, zero above the grid: (1, 2, k, L)."""
+        out = self.background.new_zeros((1, 2, k, self.L))
+        lo = r - k + 1
+        out[:, :, max(0, -lo):] = self.background[:, :, max(0, lo): r + 1]
+        return out
+
+    def _res_row(self, res: GatedResBlock, x_ring: _Ring, mid_ring: _Ring, out_ring: _Ring,
+                 reps: torch.Tensor, targets: torch.Tensor, inverse: torch.Tensor, r: int,
+                 aux_row: torch.Tensor | None) -> None:
+        """Row r of a causal gated residual unit ((2, k) kernels, coord-conditioned)."""
+        window = x_ring.window(reps, r, 2)
+        h = _conv_row(res.conv_in, self.w[res.conv_in],
+                      F.elu(torch.cat([window, self._cond(reps, r, 2)], dim=1)))
+        if aux_row is not None:
+            h = h + _conv_row(res.aux, self.w[res.aux], F.elu(aux_row))
+        mid_ring.write(targets, r, h[inverse])
+        h = _conv_row(res.conv_out, self.w[res.conv_out], F.elu(mid_ring.window(reps, r, 2)))
+        out_ring.write(targets, r, (window[:, :, 1:] + F.glu(h, dim=1))[inverse])
+
+    def _pointwise_res(self, res: GatedResBlock, x: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
+        h = _conv_row(res.conv_in, self.w[res.conv_in], F.elu(x))
+        if aux is not None:
+            h = h + _conv_row(res.aux, self.w[res.aux], F.elu(aux))
+        return x + F.glu(_conv_row(res.conv_out, self.w[res.conv_out], F.elu(h)), dim=1)
+
+    def _attention_row(self, b: int, block, reps, targets, inverse, r: int) -> None:
+        """Keys, values and attention output of attention-grid row r // ds (computed at r % ds == 0)."""
+        rings = self.rings[b]
+        last = f"h{self.cfg.n_res_blocks - 1}"
+        x3, h3, bg3 = rings["x"].window(reps, r, 3), rings[last].window(reps, r, 3), self._background(r, 3)
+        bg3 = bg3.expand(len(reps), -1, -1, -1)
+        stride = (1, self.ds)
+        key_in = F.elu(F.conv2d(torch.cat([x3, h3, bg3], 1), self.masked[block.key_conv],
+                                block.key_conv.bias, stride=stride, padding=(0, 2)))
+        query_in = F.elu(F.conv2d(torch.cat([h3, bg3], 1), self.masked[block.query_conv],
+                                  block.query_conv.bias, stride=stride, padding=(0, 2)))
+        att = block.attention
+        q = att.query(self._pointwise_res(att.query_res, query_in).flatten(2).transpose(1, 2))
+        k = att.key(self._pointwise_res(att.key_res, key_in).flatten(2).transpose(1, 2))
+        v = att.value(self._pointwise_res(att.value_res, key_in).flatten(2).transpose(1, 2))
+        R = r // self.ds
+        p0, p1 = R * self.wd, (R + 1) * self.wd
+        self.keys[b][targets, p0:p1] = k[inverse]
+        self.values[b][targets, p0:p1] = v[inverse]
+        logits = q @ self.keys[b][reps, :p1].transpose(1, 2) / math.sqrt(att.key_size)  # (m, wd, p1)
+        earlier = torch.arange(p1, device=q.device).view(1, -1) < torch.arange(p0, p1, device=q.device).view(-1, 1)
+        weights = logits.masked_fill(~earlier, float("-inf")).softmax(-1).nan_to_num(0.0)
+        out = (weights @ self.values[b][reps, :p1]).transpose(1, 2).unsqueeze(2)  # (m, C, 1, wd)
+        self.attn_row[b][targets] = out[inverse]
+
+    # -- one row of the whole network ---------------------------------------------------------
+    @torch.no_grad()
+    def compute_row(self, r: int, codes: torch.Tensor, reps: torch.Tensor, targets: torch.Tensor,
+                    inverse: torch.Tensor) -> torch.Tensor:
+        """Logits (m, K, L) of grid row r for states ``reps``; caches row r for ``targets``."""
+        prior, cfg = self.prior, self.cfg
+        k = cfg.first_kernel // 2 + 1
+        lo = r - k + 1
+        window = codes[reps, max(0, lo): r + 1]  # (m, <=k, L)
+        onehot = F.one_hot(window, cfg.n_codes).permute(0, 3, 1, 2).to(self.coord.dtype)
+        onehot = F.pad(onehot, (0, 0, max(0, -lo), 0))  # zero rows above the grid
+        x = F.conv2d(onehot, self.masked[prior.first], prior.first.bias,
+                     padding=(0, cfg.first_kernel // 2))  # (m, C, 1, L)
+        for b, block in enumerate(prior.blocks):
+            rings = self.rings[b]
+            rings["x"].write(targets, r, x[inverse])
+            v_prev, h_prev = "x", "x"
+            for lvl, (v_res, h_res) in enumerate(zip(block.v_stack, block.h_stack)):
+                self._res_row(v_res, rings[v_prev], rings[f"v_mid{lvl}"], rings[f"v{lvl}"],
+                              reps, targets, inverse, r, None)
+                shifted = rings[f"v{lvl}"].window(reps, r, 2)[:, :, :1]  # v row r-1 (down-shift)
+                self._res_row(h_res, rings[h_prev], rings[f"h_mid{lvl}"], rings[f"h{lvl}"],
+                              reps, targets, inverse, r, shifted)
+                v_prev, h_prev = f"v{lvl}", f"h{lvl}"
+            if r % self.ds == 0:
+                self._attention_row(b, block, reps, targets, inverse, r)
+            up = F.conv_transpose2d(F.elu(self.attn_row[b][reps]), block.upsample.weight,
+                                    block.upsample.bias, stride=self.ds)  # (m, C, ds, wd * ds)
+            up = up[:, :, r % self.ds: r % self.ds + 1, : self.L]
+            h_row = rings[h_prev].window(reps, r, 1)
+            x = self._pointwise_res(block.out, h_row, up)
+        h = F.conv_transpose2d(F.elu(x), prior.head_up.weight, prior.head_up.bias)
+        return _conv_row(prior.head_out, self.w[prior.head_out], F.elu(h))[:, :, 0]
