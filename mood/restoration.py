@@ -87,14 +87,13 @@ def restore(prior: PixelSNAIL, codes: torch.Tensor, coord: torch.Tensor, uniform
     logits = None  # (N, K, L): logits of the current grid row for every restoration
     stale = torch.ones(n_rows, dtype=torch.bool, device=codes.device)
 
+    everyone = torch.arange(n_rows, device=codes.device)
+
     def evaluate(r: int, todo: torch.Tensor) -> torch.Tensor:
         reps, inverse = _unique_states(slice_of_row, rows, todo)
-        return net.compute_row(r, rows, reps, todo, inverse)[inverse]
+        return net.row_logits(r, rows, reps, todo, inverse)[inverse]
 
     for r in range(h):
-        if r > 0 and stale.any():  # changed after their last evaluation: finish their row r - 1
-            todo = stale.nonzero().squeeze(1)
-            evaluate(r - 1, todo)
         stale[:] = True
         for c in range(w):
             if stale.any():
@@ -107,4 +106,8 @@ def restore(prior: PixelSNAIL, codes: torch.Tensor, coord: torch.Tensor, uniform
             new = _step(logits[:, :, c], rows[:, r, c], u[:, r * w + c], threshold)
             stale |= new != rows[:, r, c]
             rows[:, r, c] = new
+        if stale.any():  # changed at the end of the row: bring their cached row r up to date
+            evaluate(r, stale.nonzero().squeeze(1))
+        reps, inverse = _unique_states(slice_of_row, rows, everyone)
+        net.finish_row(r, reps, everyone, inverse)
     return rows.view(s, n, h, w)

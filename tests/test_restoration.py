@@ -89,3 +89,20 @@ def test_inverse_cdf_sampling_matches_the_distribution():
 def test_uniforms_are_reproducible():
     assert torch.equal(draw_uniforms(2, 3, 4, seed=5), draw_uniforms(2, 3, 4, seed=5))
     assert not torch.equal(draw_uniforms(2, 3, 4, seed=5), draw_uniforms(2, 3, 4, seed=6))
+
+
+@pytest.mark.parametrize("region", sorted(CASES))
+def test_rowwise_logits_equal_the_full_pass(region):
+    """Row by row from cached context gives the full network's logits (float64 rounding only)."""
+    from mood.networks.rowwise import RowwisePrior
+
+    cfg = CASES[region]
+    prior = random_prior(cfg, torch.float64, seed=1)
+    codes, coord, _ = inputs(cfg, 3, 1, seed=7)
+    full = prior(codes, coord)
+    net = RowwisePrior(prior, coord, n_states=3)
+    idx = torch.arange(3)
+    for r in range(cfg.latent_size):
+        row = net.row_logits(r, codes, idx, idx, idx)
+        net.finish_row(r, idx, idx, idx)
+        assert torch.allclose(row, full[:, :, r], rtol=0, atol=1e-10)

@@ -8,9 +8,10 @@ cached activations of the rows above plus row r + 1 itself: about 1/L of a full 
 
 :class:`RowwisePrior` keeps, for each of N "states" (restorations), ring buffers of the last three
 rows of every activation that a later row reads, and the attention keys/values of every position.
-``compute_row(r, reps, targets, inverse)`` evaluates row r for the representative states ``reps``
-(from their cached rows < r and their current codes) and stores the results for all ``targets``
-(``targets[i]`` gets ``reps[inverse[i]]``'s row), so identical states are evaluated once.
+``row_logits(r, codes, reps, targets, inverse)`` evaluates row r for the representative states
+``reps`` (from their cached rows < r and their current codes) and stores the results for all
+``targets`` (``targets[i]`` gets ``reps[inverse[i]]``'s row), so identical states are evaluated
+once; ``finish_row`` completes a row whose codes are final.
 
 Inference only: dropout is ignored, as in eval mode. Shapes: codes (N, L, L); logits row (m, K, L).
 """
@@ -27,26 +28,24 @@ _DEPTH = 3  # rows kept per activation: the widest look-up (5x5 masked conv) nee
 
 
 class _Ring:
-    """Last ``_DEPTH`` rows of one activation for every state: (N, C, _DEPTH, W), row r at slot r % 3.
+    """Last ``_DEPTH`` rows of one activation for every state; row r lives in slot r % 3 as (N, C, W).
 
     Rows above the grid read as zeros (slots start at zero and a row < 0 is never written), which
     is the zero padding the full network applies.
     """
 
     def __init__(self, n: int, c: int, w: int, like: torch.Tensor) -> None:
-        self.buf = like.new_zeros((n, c, _DEPTH, w))
+        self.slots = [like.new_zeros((n, c, w)) for _ in range(_DEPTH)]
 
     def window(self, idx: torch.Tensor, r: int, k: int) -> torch.Tensor:
         """Rows r-k+1..r of states ``idx``: (m, C, k, W)."""
-        slots = [(r - k + 1 + i) % _DEPTH for i in range(k)]
-        out = self.buf[idx][:, :, slots]
-        first_valid = max(0, k - 1 - r)  # rows above the grid
-        if first_valid:
-            out[:, :, :first_valid] = 0
-        return out
+        rows = [self.slots[(r - k + 1 + i) % _DEPTH].index_select(0, idx) for i in range(k)]
+        for i in range(max(0, k - 1 - r)):  # rows above the grid
+            rows[i] = torch.zeros_like(rows[i])
+        return torch.stack(rows, dim=2)
 
     def write(self, idx: torch.Tensor, r: int, row: torch.Tensor) -> None:
-        self.buf[idx, :, r % _DEPTH] = row[:, :, 0]
+        self.slots[r % _DEPTH].index_copy_(0, idx, row[:, :, 0])
 
 
 def _conv_row(conv: WNConv2d, weight: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
@@ -148,10 +147,15 @@ class RowwisePrior:
         self.attn_row[b][targets] = out[inverse]
 
     # -- one row of the whole network ---------------------------------------------------------
+    # The vertical stacks' row r only feeds rows below it, so evaluating a row's logits needs the
+    # horizontal path only; :meth:`finish_row` adds the vertical stacks once the row is final.
     @torch.no_grad()
-    def compute_row(self, r: int, codes: torch.Tensor, reps: torch.Tensor, targets: torch.Tensor,
-                    inverse: torch.Tensor) -> torch.Tensor:
-        """Logits (m, K, L) of grid row r for states ``reps``; caches row r for ``targets``."""
+    def row_logits(self, r: int, codes: torch.Tensor, reps: torch.Tensor, targets: torch.Tensor,
+                   inverse: torch.Tensor) -> torch.Tensor:
+        """Logits (m, K, L) of grid row r for states ``reps``; caches row r for ``targets``.
+
+        Needs the vertical stacks of rows < r (:meth:`finish_row`) and the codes of rows <= r.
+        """
         prior, cfg = self.prior, self.cfg
         k = cfg.first_kernel // 2 + 1
         lo = r - k + 1
@@ -163,20 +167,28 @@ class RowwisePrior:
         for b, block in enumerate(prior.blocks):
             rings = self.rings[b]
             rings["x"].write(targets, r, x[inverse])
-            v_prev, h_prev = "x", "x"
-            for lvl, (v_res, h_res) in enumerate(zip(block.v_stack, block.h_stack)):
-                self._res_row(v_res, rings[v_prev], rings[f"v_mid{lvl}"], rings[f"v{lvl}"],
-                              reps, targets, inverse, r, None)
-                shifted = rings[f"v{lvl}"].window(reps, r, 2)[:, :, :1]  # v row r-1 (down-shift)
+            h_prev = "x"
+            for lvl, h_res in enumerate(block.h_stack):
+                shifted = rings[f"v{lvl}"].window(reps, r - 1, 1)  # down-shifted v: its row r - 1
                 self._res_row(h_res, rings[h_prev], rings[f"h_mid{lvl}"], rings[f"h{lvl}"],
                               reps, targets, inverse, r, shifted)
-                v_prev, h_prev = f"v{lvl}", f"h{lvl}"
+                h_prev = f"h{lvl}"
             if r % self.ds == 0:
                 self._attention_row(b, block, reps, targets, inverse, r)
             up = F.conv_transpose2d(F.elu(self.attn_row[b][reps]), block.upsample.weight,
                                     block.upsample.bias, stride=self.ds)  # (m, C, ds, wd * ds)
             up = up[:, :, r % self.ds: r % self.ds + 1, : self.L]
-            h_row = rings[h_prev].window(reps, r, 1)
-            x = self._pointwise_res(block.out, h_row, up)
+            x = self._pointwise_res(block.out, rings[h_prev].window(reps, r, 1), up)
         h = F.conv_transpose2d(F.elu(x), prior.head_up.weight, prior.head_up.bias)
         return _conv_row(prior.head_out, self.w[prior.head_out], F.elu(h))[:, :, 0]
+
+    @torch.no_grad()
+    def finish_row(self, r: int, reps: torch.Tensor, targets: torch.Tensor, inverse: torch.Tensor) -> None:
+        """Vertical stacks of row r, once row r's codes (and so its block inputs) are final."""
+        for b, block in enumerate(self.prior.blocks):
+            rings = self.rings[b]
+            v_prev = "x"
+            for lvl, v_res in enumerate(block.v_stack):
+                self._res_row(v_res, rings[v_prev], rings[f"v_mid{lvl}"], rings[f"v{lvl}"],
+                              reps, targets, inverse, r, None)
+                v_prev = f"v{lvl}"
