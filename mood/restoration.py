@@ -71,43 +71,46 @@ def restore(prior: PixelSNAIL, codes: torch.Tensor, coord: torch.Tensor, uniform
     """Same result as :func:`restore_reference` at about one prior pass per restoration.
 
     Grid row r is evaluated row-wise from cached activations of the rows above
-    (:class:`~mood.networks.rowwise.RowwisePrior`); within the row, a restoration is re-evaluated
-    only after one of its codes changed (positions after the current one still hold the input
-    codes, and logits never depend on later positions); identical restorations (replicas of a
-    slice that have not diverged) are evaluated once; the evaluations due at one step run as one
-    batch.
+    (:class:`~mood.networks.rowwise.RowwisePrior`). A restoration's logits for row r stay valid
+    until one of its own codes changes (positions after the current one still hold the input
+    codes, and logits never depend on later positions), so from one evaluation every decision of
+    the row is made up to the first change; only the restorations that changed are evaluated
+    again, together in one batch, from the column after their change. Identical restorations
+    (replicas of a slice that have not diverged) are evaluated once.
     """
     s, h, w = codes.shape
     n = uniforms.shape[1]
     n_rows = s * n
     rows = codes.repeat_interleave(n, 0).clone()  # (N, L, L), row s*n + j = restoration j of slice s
     slice_of_row = torch.arange(s, device=codes.device).repeat_interleave(n)
-    u = uniforms.reshape(n_rows, h * w)
+    u = uniforms.reshape(n_rows, h, w).to(codes.device)
     net = RowwisePrior(prior, coord.repeat_interleave(n, 0), n_rows)
-    logits = None  # (N, K, L): logits of the current grid row for every restoration
-    stale = torch.ones(n_rows, dtype=torch.bool, device=codes.device)
-
     everyone = torch.arange(n_rows, device=codes.device)
+    columns = torch.arange(w, device=codes.device)
 
     def evaluate(r: int, todo: torch.Tensor) -> torch.Tensor:
         reps, inverse = _unique_states(slice_of_row, rows, todo)
-        return net.row_logits(r, rows, reps, todo, inverse)[inverse]
+        return net.row_logits(r, rows, reps, todo, inverse)[inverse]  # (m, K, L)
 
     for r in range(h):
-        stale[:] = True
-        for c in range(w):
-            if stale.any():
-                todo = stale.nonzero().squeeze(1)
-                row_logits = evaluate(r, todo)
-                if logits is None:
-                    logits = row_logits.new_empty((n_rows, *row_logits.shape[1:]))
-                logits[todo] = row_logits
-                stale[:] = False
-            new = _step(logits[:, :, c], rows[:, r, c], u[:, r * w + c], threshold)
-            stale |= new != rows[:, r, c]
-            rows[:, r, c] = new
-        if stale.any():  # changed at the end of the row: bring their cached row r up to date
-            evaluate(r, stale.nonzero().squeeze(1))
+        cursor = torch.zeros(n_rows, dtype=torch.long, device=codes.device)  # next undecided column
+        todo = everyone
+        while len(todo):
+            logits = evaluate(r, todo).permute(0, 2, 1)  # (m, L, K)
+            current = rows[todo, r]  # (m, L)
+            new = _step(logits.reshape(-1, logits.shape[-1]), current.reshape(-1),
+                        u[todo, r].reshape(-1), threshold).view_as(current)
+            change = (new != current) & (columns >= cursor[todo, None])
+            first = torch.where(change, columns, w).amin(1)  # first change per restoration, or w
+            hit = first < w
+            rows[todo[hit], r, first[hit]] = new[hit, first[hit]]
+            cursor[todo] = first + 1
+            # Changed before the last column: evaluate again from there. Changed at the last column:
+            # decided, but the cached row must still see the change before rows below read it.
+            again = hit & (first < w - 1)
+            if bool((hit & ~again).any()):
+                evaluate(r, todo[hit & ~again])
+            todo = todo[again]
         reps, inverse = _unique_states(slice_of_row, rows, everyone)
         net.finish_row(r, reps, everyone, inverse)
     return rows.view(s, n, h, w)
