@@ -51,12 +51,14 @@ RUN pip install --no-cache-dir --no-deps /tmp/mood-src \
 # repository has them (docker/WEIGHTS.txt keeps this step valid when it has none).
 COPY docker/WEIGHTS.txt weight[s] /opt/mood/weights/
 
-# Entry scripts: the entrypoint, the scratch-folder wrapper and the challenge's four scripts.
+# Entry scripts: the entrypoint, the scratch-folder wrapper and the challenge's four scripts; the
+# user; and the mount points (made here so that the engine need not add them to the container).
 COPY docker/entrypoint.sh /opt/mood/bin/entrypoint
 COPY docker/mood-run.sh /opt/mood/bin/mood-run
 COPY docker/workspace/ /workspace/
 RUN chmod 0755 /opt/mood/bin/entrypoint /opt/mood/bin/mood-run /workspace/*.sh \
- && useradd --uid 1000 --user-group --create-home --shell /bin/sh mood
+ && useradd --uid 1000 --user-group --create-home --shell /bin/sh mood \
+ && mkdir -p /input /output /mnt/data /mnt/pred /weights
 
 # Run time: no bytecode writes, unbuffered logs, no CUDA JIT cache; mood-run points every
 # temporary and cache folder into the output folder for `sample`/`pixel` runs.
