@@ -48,11 +48,21 @@ class _Ring:
         self.slots[r % _DEPTH].index_copy_(0, idx, row[:, :, 0])
 
 
-def _conv_row(conv: WNConv2d, weight: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """One output row of a (kh, kw) weight-normalised conv from its kh input rows: (m, C', 1, W)."""
-    kw = conv.kernel[1]
-    out = F.conv2d(window, weight, conv.bias, padding=(0, kw // 2))
-    return out[..., :-1] if kw == 2 else out
+def _row_conv(window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kw: int,
+              stride: int = 1, crop: bool = False) -> torch.Tensor:
+    """One output row of a convolution from its input rows, as a single matrix product.
+
+    window (m, C, kh, W); weight (C', C*kh*kw) flattened from (C', C, kh, kw); columns padded by
+    kw // 2 on both sides, as in the full network. Returns (m, C', 1, W'). A matrix product
+    avoids building a new convolution primitive for every batch size, which at one row dominated
+    the cost.
+    """
+    m = window.shape[0]
+    cols = F.pad(window, (kw // 2, kw // 2)).unfold(3, kw, stride)  # (m, C, kh, W', kw)
+    w_out = cols.shape[3]
+    cols = cols.permute(0, 3, 1, 2, 4).reshape(m * w_out, -1)
+    out = F.linear(cols, weight, bias).view(m, w_out, -1).permute(0, 2, 1).unsqueeze(2)
+    return out[..., :-1] if crop else out
 
 
 class RowwisePrior:
@@ -66,14 +76,20 @@ class RowwisePrior:
         like = prior.head_up.weight
         self.coord = coord.to(like.dtype)  # (N, 1)
         self.background = prior.background.to(like.dtype)  # (1, 2, L, L)
-        # Weight-normalised and masked kernels, computed once.
-        self.w = {m: m.weight() for m in prior.modules() if isinstance(m, WNConv2d)}
+        # Kernels flattened for matrix products, computed once: weight-normalised convolutions
+        # and masked convolutions without their all-zero rows below the centre.
+        self.w = {m: m.weight().flatten(1) for m in prior.modules() if isinstance(m, WNConv2d)}
         self.masked = {}
         for m in prior.modules():
             if isinstance(m, MaskedConv2d):
                 k = m.kernel
                 full = F.pad(m.weight, (0, k * k - m.n_taps)).view(*m.weight.shape[:2], k, k)
-                self.masked[m] = full[:, :, : k // 2 + 1]  # rows below the centre are all zero
+                self.masked[m] = full[:, :, : k // 2 + 1].flatten(1)
+        # Transposed convolutions with kernel = stride: each output column is a product with one
+        # kernel column. (C_in, C_out, ds, ds) -> per output row offset: (C_out * ds, C_in).
+        self.up = {blk: blk.upsample.weight.permute(2, 1, 3, 0).reshape(self.ds, -1, self.C)
+                   for blk in prior.blocks}
+        self.head_up = prior.head_up.weight[:, :, 0, 0].t()  # (C_out, C_in)
 
         n, c, L = n_states, self.C, self.L
         self.rings = []
@@ -102,24 +118,26 @@ class RowwisePrior:
         out[:, :, max(0, -lo):] = self.background[:, :, max(0, lo): r + 1]
         return out
 
+    def _wn(self, conv: WNConv2d, window: torch.Tensor) -> torch.Tensor:
+        return _row_conv(window, self.w[conv], conv.bias, conv.kernel[1], crop=conv.kernel[1] == 2)
+
     def _res_row(self, res: GatedResBlock, x_ring: _Ring, mid_ring: _Ring, out_ring: _Ring,
                  reps: torch.Tensor, targets: torch.Tensor, inverse: torch.Tensor, r: int,
                  aux_row: torch.Tensor | None) -> None:
         """Row r of a causal gated residual unit ((2, k) kernels, coord-conditioned)."""
         window = x_ring.window(reps, r, 2)
-        h = _conv_row(res.conv_in, self.w[res.conv_in],
-                      F.elu(torch.cat([window, self._cond(reps, r, 2)], dim=1)))
+        h = self._wn(res.conv_in, F.elu(torch.cat([window, self._cond(reps, r, 2)], dim=1)))
         if aux_row is not None:
-            h = h + _conv_row(res.aux, self.w[res.aux], F.elu(aux_row))
+            h = h + self._wn(res.aux, F.elu(aux_row))
         mid_ring.write(targets, r, h[inverse])
-        h = _conv_row(res.conv_out, self.w[res.conv_out], F.elu(mid_ring.window(reps, r, 2)))
+        h = self._wn(res.conv_out, F.elu(mid_ring.window(reps, r, 2)))
         out_ring.write(targets, r, (window[:, :, 1:] + F.glu(h, dim=1))[inverse])
 
     def _pointwise_res(self, res: GatedResBlock, x: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
-        h = _conv_row(res.conv_in, self.w[res.conv_in], F.elu(x))
+        h = self._wn(res.conv_in, F.elu(x))
         if aux is not None:
-            h = h + _conv_row(res.aux, self.w[res.aux], F.elu(aux))
-        return x + F.glu(_conv_row(res.conv_out, self.w[res.conv_out], F.elu(h)), dim=1)
+            h = h + self._wn(res.aux, F.elu(aux))
+        return x + F.glu(self._wn(res.conv_out, F.elu(h)), dim=1)
 
     def _attention_row(self, b: int, block, reps, targets, inverse, r: int) -> None:
         """Keys, values and attention output of attention-grid row r // ds (computed at r % ds == 0)."""
@@ -127,11 +145,10 @@ class RowwisePrior:
         last = f"h{self.cfg.n_res_blocks - 1}"
         x3, h3, bg3 = rings["x"].window(reps, r, 3), rings[last].window(reps, r, 3), self._background(r, 3)
         bg3 = bg3.expand(len(reps), -1, -1, -1)
-        stride = (1, self.ds)
-        key_in = F.elu(F.conv2d(torch.cat([x3, h3, bg3], 1), self.masked[block.key_conv],
-                                block.key_conv.bias, stride=stride, padding=(0, 2)))
-        query_in = F.elu(F.conv2d(torch.cat([h3, bg3], 1), self.masked[block.query_conv],
-                                  block.query_conv.bias, stride=stride, padding=(0, 2)))
+        key_in = F.elu(_row_conv(torch.cat([x3, h3, bg3], 1), self.masked[block.key_conv],
+                                 block.key_conv.bias, 5, stride=self.ds))
+        query_in = F.elu(_row_conv(torch.cat([h3, bg3], 1), self.masked[block.query_conv],
+                                   block.query_conv.bias, 5, stride=self.ds))
         att = block.attention
         q = att.query(self._pointwise_res(att.query_res, query_in).flatten(2).transpose(1, 2))
         k = att.key(self._pointwise_res(att.key_res, key_in).flatten(2).transpose(1, 2))
@@ -162,8 +179,7 @@ class RowwisePrior:
         window = codes[reps, max(0, lo): r + 1]  # (m, <=k, L)
         onehot = F.one_hot(window, cfg.n_codes).permute(0, 3, 1, 2).to(self.coord.dtype)
         onehot = F.pad(onehot, (0, 0, max(0, -lo), 0))  # zero rows above the grid
-        x = F.conv2d(onehot, self.masked[prior.first], prior.first.bias,
-                     padding=(0, cfg.first_kernel // 2))  # (m, C, 1, L)
+        x = _row_conv(onehot, self.masked[prior.first], prior.first.bias, cfg.first_kernel)  # (m, C, 1, L)
         for b, block in enumerate(prior.blocks):
             rings = self.rings[b]
             rings["x"].write(targets, r, x[inverse])
@@ -175,12 +191,13 @@ class RowwisePrior:
                 h_prev = f"h{lvl}"
             if r % self.ds == 0:
                 self._attention_row(b, block, reps, targets, inverse, r)
-            up = F.conv_transpose2d(F.elu(self.attn_row[b][reps]), block.upsample.weight,
-                                    block.upsample.bias, stride=self.ds)  # (m, C, ds, wd * ds)
-            up = up[:, :, r % self.ds: r % self.ds + 1, : self.L]
+            a = F.elu(self.attn_row[b][reps])[:, :, 0].transpose(1, 2)  # (m, wd, C)
+            up = F.linear(a, self.up[block][r % self.ds])  # (m, wd, C * ds): column j*ds + t
+            up = up.view(len(reps), self.wd, self.C, self.ds).permute(0, 2, 1, 3).reshape(
+                len(reps), self.C, 1, self.wd * self.ds)[..., : self.L] + block.upsample.bias.view(1, -1, 1, 1)
             x = self._pointwise_res(block.out, rings[h_prev].window(reps, r, 1), up)
-        h = F.conv_transpose2d(F.elu(x), prior.head_up.weight, prior.head_up.bias)
-        return _conv_row(prior.head_out, self.w[prior.head_out], F.elu(h))[:, :, 0]
+        h = F.linear(F.elu(x)[:, :, 0].transpose(1, 2), self.head_up, prior.head_up.bias)  # (m, L, C)
+        return F.linear(F.elu(h), self.w[prior.head_out], prior.head_out.bias).transpose(1, 2)  # (m, K, L)
 
     @torch.no_grad()
     def finish_row(self, r: int, reps: torch.Tensor, targets: torch.Tensor, inverse: torch.Tensor) -> None:
