@@ -11,7 +11,7 @@
 #   PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS, PIP_TRUSTED_HOST
 #                pip's own settings, for the build only; unset, pip takes everything from PyPI,
 #                where torch==2.13.0 is the CUDA build.  CI points PIP_FIND_LINKS at a local
-#                CPU build of torch for a small image (see docker/README-section.md).
+#                CPU build of torch for a small image (see docs/container.md).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 
