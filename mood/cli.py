@@ -40,9 +40,9 @@ def _scoring_arguments(p: argparse.ArgumentParser, pixel: bool) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the restoration draws (default: 0)")
     p.add_argument("--slices", type=_positive_int, default=None,
                    help="slices scored per volume, evenly spread (default: the weights card's, 32)")
-    if pixel:
-        p.add_argument("--restorations", type=_positive_int, default=15,
-                       help="restorations per slice; more lowers variance, costs time (default: 15)")
+    p.add_argument("--restorations", type=_positive_int, default=15,
+                   help="restorations per slice; more lowers variance, costs time (default: 15)"
+                   if pixel else "ignored (accepted so that one argument list serves both tasks)")
     p.add_argument("--skip-existing", action="store_true",
                    help="leave inputs whose output already exists (resume a large batch)")
     p.add_argument("--max-voxels", type=_positive_int, default=None,
@@ -144,7 +144,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     summary = predict(args.command, args.input, args.output, region=args.region, device=args.device,
                       weights=args.weights, seed=args.seed,
-                      restorations=getattr(args, "restorations", 15), slices=args.slices,
+                      restorations=args.restorations, slices=args.slices,
                       skip_existing=args.skip_existing,
                       max_voxels=args.max_voxels or DEFAULT_MAX_VOXELS, progress=not args.quiet)
     print(summary.line(), file=sys.stderr)
@@ -238,6 +238,6 @@ def main(argv: list[str] | None = None) -> int:
     args._extra = extra
     try:
         return HANDLERS[args.command](args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # usage and file-system errors: one line, no traceback
         print(f"mood {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -33,8 +33,6 @@ CT converted to 512^3; 12 to 40 s on a shared 2-core CPU, most of it in the line
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -42,6 +40,7 @@ import numpy as np
 from scipy import ndimage
 
 from .config import CHALLENGE_SHAPES, REGIONS
+from .volume_io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -337,25 +336,8 @@ def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray, dtype: type = n
     img.set_qform(affine, 1)
     img.set_sform(affine, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".part.nii.gz"
-                               if path.name.endswith(".gz") else ".part.nii", dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        publish(Path(tmp), path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
     return path
-
-
-def publish(tmp: Path, path: Path) -> None:
-    """Give a finished temporary file the usual permissions (0666 & ~umask; mkstemp makes it 0600,
-    which a container's non-root user could not read) and rename it onto ``path``."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
 
 
 def list_volumes(path: Path) -> list[Path]:
@@ -400,5 +382,5 @@ def convert_folder(input: Path, output: Path, region: str, **options) -> list[Pa
 
 __all__ = ["READABLE_SUFFIXES", "MODALITIES", "REGION_MODALITY", "CT_WINDOW", "read_volume",
            "to_canonical", "override_orientation", "foreground_mask", "object_grid", "resample",
-           "scale_intensities", "to_challenge_form", "save_nifti", "publish", "list_volumes",
+           "scale_intensities", "to_challenge_form", "save_nifti", "list_volumes",
            "convert_folder", "strip_suffix", "is_readable_name"]

@@ -29,8 +29,12 @@ def restoration_distance(x: torch.Tensor, restorations: torch.Tensor,
 
 
 def smooth(scores: torch.Tensor) -> torch.Tensor:
-    """Min-pool 3x3x3, then mean-pool 3x7x7 over (S, H, W); borders are not attenuated."""
+    """Min-pool 3x3x3, then mean-pool 3x7x7 over (S, H, W); borders are not attenuated.
+
+    With fewer than three slices (thin volumes, ``--slices 1`` or ``2``) the pools are 1x3x3 and 1x7x7.
+    """
+    kz = 3 if scores.shape[0] >= 3 else 1  # fewer than three slices: no pooling across them
     v = scores[None, None]  # (1, 1, S, H, W)
-    v = -F.max_pool3d(-v, 3, stride=1, padding=1)
-    v = F.avg_pool3d(v, (3, 7, 7), stride=1, padding=(1, 3, 3), count_include_pad=False)
+    v = -F.max_pool3d(-v, (kz, 3, 3), stride=1, padding=(kz // 2, 1, 1))
+    v = F.avg_pool3d(v, (kz, 7, 7), stride=1, padding=(kz // 2, 3, 3), count_include_pad=False)
     return v[0, 0]

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,7 +30,8 @@ import numpy as np
 
 from .anomalies import KINDS, insert_anomaly_spec
 from .config import CHALLENGE_SHAPES, REGIONS
-from .convert import list_volumes, publish, save_nifti, to_challenge_form
+from .convert import list_volumes, save_nifti, to_challenge_form
+from .volume_io import write_text
 
 log = logging.getLogger(__name__)
 
@@ -103,17 +102,6 @@ def load_normal(path: Path, region: str, size: tuple[int, int, int] | None = Non
                                                               region, size):
                 return data, np.asarray(img.affine, dtype=np.float64)
     return to_challenge_form(path, region, shape=size)
-
-
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        publish(Path(tmp), path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_args(count: int, normal_fraction: float, region: str | None,
@@ -204,7 +192,7 @@ def make_toy(input: Path, output: Path, count: int, seed: int, region: str | Non
                     kind, spec = None, None
             save_nifti(toy_dir / name, volume, affine)
             save_nifti(pixel_dir / name, mask, affine, dtype=np.uint8)
-            _write_text(sample_dir / f"{name}.txt", "1\n" if kind is not None else "0\n")
+            write_text(sample_dir / f"{name}.txt", "1\n" if kind is not None else "0\n")
             cases[i] = ToyCase(name=name, source=source.name, kind=kind, n_changed=int(mask.sum()))
             manifest[name] = {"source": source.name, "kind": kind, "n_changed": int(mask.sum()),
                               "anomaly": spec.to_dict() if spec is not None else None}
@@ -217,7 +205,7 @@ def make_toy(input: Path, output: Path, count: int, seed: int, region: str | Non
     record = {"region": region, "shape": list(summary.shape), "seed": seed, "count": count,
               "normal_fraction": normal_fraction, "kinds": list(kinds), "inputs": [p.name for p in sources],
               "cases": {name: manifest[name] for name in sorted(manifest)}}
-    _write_text(output / MANIFEST, json.dumps(record, indent=2) + "\n")
+    write_text(output / MANIFEST, json.dumps(record, indent=2) + "\n")
     return summary
 
 

@@ -6,10 +6,15 @@ exact shape and affine back.
 """
 from __future__ import annotations
 
+import fcntl
 import gzip
+import logging
 import os
+import re
 import tempfile
+import warnings
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +22,27 @@ import nibabel as nib
 import numpy as np
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def _max_voxels_from_environment(default: int = 2 * 512**3) -> int:
+    text = os.environ.get("MOOD_MAX_VOXELS", "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"MOOD_MAX_VOXELS must be a positive integer, got {text!r}")
+    return value
+
+
 #: Refuse inputs above this many voxels before reading any data (decompression bombs, memory).
 #: Two 512^3 volumes' worth; override with ``--max-voxels`` or ``MOOD_MAX_VOXELS``.
-DEFAULT_MAX_VOXELS = int(os.environ.get("MOOD_MAX_VOXELS", 2 * 512**3))
+DEFAULT_MAX_VOXELS = _max_voxels_from_environment()
+#: Refuse a header (with its extensions) longer than this before nibabel reads it: a few kB of
+#: .nii.gz can otherwise expand into gigabytes of "extensions".
+MAX_HEADER_BYTES = 64 * 2**20
 #: Values this far outside [0, 1] trigger a robust rescale (challenge data lie in [0, 1]).
 RANGE_TOLERANCE = 0.01
 _UMASK = os.umask(0)
@@ -34,7 +57,7 @@ class InputError(ValueError):
 class Volume:
     data: np.ndarray  # (a0, a1, a2) float32, finite, in [0, 1]
     affine: np.ndarray  # (4, 4)
-    header: nib.Nifti1Header
+    header: nib.Nifti1Header | nib.Nifti2Header
     path: Path
     notes: tuple[str, ...] = ()  # what was repaired on the way in (one line each)
 
@@ -53,7 +76,10 @@ def list_inputs(path: Path) -> list[Path]:
 
 
 def load_volume(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
-    """Read and validate one NIfTI file. Raises :class:`InputError` with a one-line reason."""
+    """Read and validate one NIfTI file. Raises :class:`InputError` with a one-line reason.
+
+    Shape, voxel count, data type and affine are checked from the header before any voxel is read.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError("no such file (or a broken symlink)")
@@ -61,10 +87,21 @@ def load_volume(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
         raise InputError("not a regular file")
     if not path.name.endswith(NIFTI_SUFFIXES):
         raise InputError("not a NIfTI file name (.nii or .nii.gz)")
-    if path.stat().st_size == 0:
-        raise InputError("empty file")
+    try:  # one byte first: tells a permission or disk problem from a format problem
+        with open(path, "rb") as f:
+            if not f.read(1):
+                raise InputError("empty file")
+    except PermissionError:
+        raise InputError("permission denied") from None
+    except OSError as exc:
+        raise InputError(f"cannot read the file ({exc.strerror or type(exc).__name__})") from None
+    offset = _data_offset(path)
+    if offset is not None and not offset <= MAX_HEADER_BYTES:
+        raise InputError(f"header and extensions of {offset:,.0f} bytes (vox_offset) exceed the limit "
+                         f"of {MAX_HEADER_BYTES:,} (a corrupt header or a decompression bomb)")
     try:
-        img = nib.load(str(path))
+        with _nibabel_messages() as header_notes:  # its header fixes become this file's notes
+            img = nib.load(str(path))
     except PermissionError:
         raise InputError("permission denied") from None
     except Exception as exc:  # nibabel raises many types for junk; all mean "unreadable"
@@ -72,27 +109,87 @@ def load_volume(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(f"not a NIfTI image ({type(img).__name__})")
 
-    shape = tuple(int(s) for s in img.shape)
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
+    full_shape = tuple(int(s) for s in img.shape)
+    shape = full_shape
+    while len(shape) > 3 and shape[-1] == 1:  # 4-D (or more) holding a single volume
+        shape = shape[:-1]
     if len(shape) != 3:
-        raise InputError(f"expected a 3-D volume (or 4-D with one volume), got shape {tuple(img.shape)}")
+        raise InputError(f"expected a 3-D volume (or 4-D with one volume), got shape {full_shape}")
     if min(shape) < 1:
         raise InputError(f"empty dimension in shape {shape}")
-    if int(np.prod(shape, dtype=np.int64)) > max_voxels:
-        raise InputError(f"{int(np.prod(shape, dtype=np.int64)):,} voxels {shape} exceed the limit of "
-                         f"{max_voxels:,} (raise it with --max-voxels if this is intended)")
+    n_voxels = int(np.prod(shape, dtype=np.int64))
+    if n_voxels > max_voxels:
+        raise InputError(f"{n_voxels:,} voxels {shape} exceed the limit of {max_voxels:,} "
+                         f"(raise it with --max-voxels or MOOD_MAX_VOXELS if this is intended)")
+    dtype = img.get_data_dtype()
+    if dtype.fields is not None:
+        raise InputError("colour (RGB/RGBA) data are not supported: need one grey value per voxel")
+    if dtype.kind == "c":
+        raise InputError(f"complex data ({dtype}) are not supported: need one real value per voxel")
+    if dtype.kind not in "biuf":
+        raise InputError(f"unsupported data type {dtype}")
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputError("header affine is not finite or is singular")
 
     try:
-        data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
-    except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
-        raise InputError(f"truncated or corrupt data ({type(exc).__name__}: {_first_line(exc)})") from None
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            # Overflow to +-Inf (huge scl_slope, float64 data) is counted and reported below.
+            warnings.simplefilter("ignore")
+            data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
+    except MemoryError:
+        raise InputError(f"not enough memory to read {n_voxels:,} voxels") from None
+    except Exception as exc:  # short reads, CRC and zlib errors, mmap beyond the end, ...
+        reason = f"{type(exc).__name__}: {_first_line(exc)}"
+        raise InputError(f"truncated or corrupt data ({reason})") from None
 
     data, notes = _repair_values(data)
-    return Volume(data=data, affine=affine, header=img.header.copy(), path=path, notes=notes)
+    return Volume(data=data, affine=affine, header=img.header.copy(), path=path,
+                  notes=tuple(f"header: {n}" for n in header_notes) + notes)
+
+
+def _data_offset(path: Path) -> float | None:
+    """``vox_offset`` of a NIfTI-1 or -2 header, read without nibabel (which would first read all
+    the extensions before it); None if there is no such header (nibabel then says what is wrong)."""
+    try:
+        with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as f:
+            raw = f.read(176)
+    except (OSError, EOFError, zlib.error):
+        return None
+    for order in "<>":
+        size = int(np.frombuffer(raw[:4], order + "i4")[0]) if len(raw) >= 4 else 0
+        if size == 348 and len(raw) >= 112:
+            return float(np.frombuffer(raw[108:112], order + "f4")[0])
+        if size == 540 and len(raw) >= 176:
+            return float(np.frombuffer(raw[168:176], order + "i8")[0])
+    return None
+
+
+@contextmanager
+def _nibabel_messages():
+    """Collect what nibabel logs or warns about a header (e.g. "pixdim[1,2,3] should be non-zero;
+    setting 0 dims to 1") instead of letting it print lines that name no file."""
+    logger = logging.getLogger("nibabel.global")
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handlers, propagate = logger.handlers[:], logger.propagate
+    for h in handlers:
+        logger.removeHandler(h)
+    logger.addHandler(Collect())
+    logger.propagate = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield messages
+    finally:
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+        messages.extend(str(w.message) for w in caught)
+        messages[:] = list(dict.fromkeys(" ".join(m.split()) for m in messages))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -114,15 +211,24 @@ def _repair_values(data: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
     lo, hi = float(data.min()), float(data.max())
     if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
         # Percentiles keep a few extreme voxels from squashing everything else to one value.
-        p_lo, p_hi = np.percentile(data[:: max(1, data.size // 2_000_000)], [0.5, 99.5])
+        # float64 statistics: the range of float32 data can exceed float32 (no Inf, hence no NaN).
+        sample = data.ravel(order="K")[:: max(1, data.size // 2_000_000)].astype(np.float64)
+        p_lo, p_hi = np.percentile(sample, [0.5, 99.5])
         if p_hi <= p_lo:
             p_lo, p_hi = lo, hi
         if p_hi > p_lo:
-            data -= np.float32(p_lo)
-            data /= np.float32(p_hi - p_lo)
+            width = p_hi - p_lo
+            with np.errstate(over="ignore"):  # beyond float32: +-Inf, clipped to 0 or 1 below
+                data -= np.float32(p_lo)
+                if np.isfinite(np.float32(width)):
+                    data /= np.float32(width)
+                else:
+                    data *= np.float32(1.0 / width)
+            notes.append(f"values in [{lo:.4g}, {hi:.4g}] are outside [0, 1]; rescaled robustly "
+                         f"(0.5th..99.5th percentile -> [0, 1])")
+        else:
+            notes.append(f"constant value {lo:.4g} is outside [0, 1]; clipped into [0, 1]")
         np.clip(data, 0.0, 1.0, out=data)
-        notes.append(f"values in [{lo:.4g}, {hi:.4g}] are outside [0, 1]; rescaled robustly "
-                     f"(0.5th..99.5th percentile -> [0, 1])")
     elif lo < 0 or hi > 1:
         np.clip(data, 0.0, 1.0, out=data)
     return data, tuple(notes)
@@ -137,35 +243,78 @@ def output_path(input_path: Path, output_dir: Path, suffix: str = "") -> Path:
     return out
 
 
-def _atomic_write(final: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: never a partial file."""
+#: Temporary files of :func:`atomic_write`: ``.<name[:40]>.<8 random>.part<suffix>``.
+_PART_FILE = re.compile(r"\..*\.[a-z0-9_]{8}\.part(\.[A-Za-z0-9]+)*", re.DOTALL)
+
+
+def atomic_write(final: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: never a partial file.
+
+    The temporary file is locked (``flock``) while it is written, so that
+    :func:`remove_stale_temporaries` can tell one left by a killed run from one still in use.
+    """
     suffix = ".nii.gz" if final.name.endswith(".gz") else final.suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name[:40]}.", suffix=".part" + suffix, dir=final.parent)
-    os.close(fd)
     try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks: write anyway (then nothing is cleaned up)
+            pass
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder: Path) -> list[str]:
+    """Delete temporary files that an interrupted (killed) run of :func:`atomic_write` left in
+    ``folder``; files of a run still writing are locked and kept. Returns the names removed."""
+    removed: list[str] = []
+    try:
+        entries = sorted(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if not _PART_FILE.fullmatch(entry.name) or entry.is_symlink() or not entry.is_file():
+            continue
+        try:
+            fd = os.open(entry, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live writer holds it (or the file system cannot lock: keep it)
+        else:
+            entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_scores_nifti(path: Path, scores: np.ndarray, like: Volume) -> None:
-    """Scores (a0, a1, a2) in [0, 1] -> NIfTI with the input's shape, affine and orientation codes."""
+    """Scores (a0, a1, a2) in [0, 1] -> float32 NIfTI with the input's exact shape (a 4-D input
+    with one volume stays 4-D), format (NIfTI-1 or -2) and geometry fields, so that it loads with
+    the input's affine; no scaling (slope 1, intercept 0)."""
     if scores.shape != like.data.shape:
         raise ValueError(f"scores shape {scores.shape} != input shape {like.data.shape}")
     header = like.header.copy()
     header.set_data_dtype(np.float32)
-    img = nib.Nifti1Image(np.asarray(scores, dtype=np.float32), like.affine, header=header)
-    img.header.set_slope_inter(1.0, 0.0)
-    # Keep the input's qform/sform codes (the affine itself is identical).
-    img.set_qform(like.affine, int(like.header["qform_code"]) or 1)
-    img.set_sform(like.affine, int(like.header["sform_code"]) or 1)
-    if img.header.get_data_shape() != like.data.shape:
-        img.header.set_data_shape(like.data.shape)
-    _atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
+    header.set_data_offset(0)  # recomputed on writing; never the input's (possibly huge) offset
+    header.extensions.clear()
+    header["cal_min"] = header["cal_max"] = 0  # the input's display window would hide [0, 1) scores
+    data = np.asarray(scores, dtype=np.float32).reshape(header.get_data_shape())  # (a0, a1, a2[, 1])
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    # The affine equals the header's own, so nibabel leaves the qform/sform fields as they are.
+    img = image_class(data, like.affine, header=header)
+    img.header.set_slope_inter(1.0, 0.0)  # stored as is: float32 scores, never the input's scaling
+    atomic_write(path, lambda tmp: nib.save(img, str(tmp)))

@@ -73,7 +73,7 @@ def test_reproducible(tmp_path):
     src = _normals(tmp_path / "in")
     a = make_toy(src, tmp_path / "a", count=3, seed=11, region="brain", size=SIZE)
     b = make_toy(src, tmp_path / "b", count=3, seed=11, region="brain", size=SIZE)
-    c = make_toy(src, tmp_path / "c", count=3, seed=12, region="brain", size=SIZE)
+    make_toy(src, tmp_path / "c", count=3, seed=12, region="brain", size=SIZE)
     assert a.cases == b.cases
     for case in a.cases:
         np.testing.assert_array_equal(_load(tmp_path / "a" / "toy" / case.name),

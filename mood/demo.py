@@ -1,0 +1,287 @@
+"""The embedded demo: the whole pipeline on the shipped brain volume, in a few minutes on a 2-core CPU.
+
+``mood demo`` (``python -m mood demo``) needs no data, no GPU and no Docker. It
+
+1. builds a small validation set from the shipped volume (``mood/data/demo_brain_t1.nii.gz``: the
+   MNI152 2009a template at 2 mm, licence in ``mood/data/LICENSE-MNI152.txt``) with
+   :func:`mood.toy.make_toy`: a few cases with synthetic anomalies of different kinds and at least
+   one untouched normal;
+2. runs the ``sample`` and ``pixel`` tasks on it with the brain weights (``weights/brain``, or
+   ``$MOOD_WEIGHTS/brain``, as :func:`mood.weights.default_weights_dir` resolves them, or ``weights``);
+3. scores the predictions exactly as the challenge's evaluator does (:func:`mood.validate.validate`:
+   average precision, plus AUROC and best Dice), prints the table and draws one picture per case.
+
+Out, under ``output``::
+
+    brain/toy/toy_000.nii.gz ...          the cases (the MOOD toy layout that ``mood validate`` reads)
+    brain/toy_label/{sample,pixel}/       their labels
+    brain/toy_manifest.json               which anomaly each case got
+    predictions/brain/{sample,pixel}/     the predictions
+    pictures/brain/toy_000.png ...        slices with the pixel scores overlaid, labels outlined
+    results.json                          the metrics, per-case scores and the demo's settings
+
+Sizes, chosen for time (the challenge's runs use 256^3 volumes, 32 slices, 15 restorations):
+``count`` = 5 cases (4 anomalous, one of each family: a dark blob, Gaussian noise, a "source"
+deformation, a foreign patch; 1 normal) at ``size`` = 128^3 (about the shipped volume's own 2 mm
+resolution; slices are resampled to the networks' 160x160 anyway), scored on ``slices`` = 12 axial
+slices with ``restorations`` = 3 restorations per slice in pixel mode. ``seed`` = 1 places all four
+anomalies across some of the 12 scored slices (with seed 0 a small deformation falls between
+them); anomalies between the scored slices are missed, so these settings show the pipeline, not
+the method's accuracy.
+
+Measured with real-size random weights whose card thresholds were set to the 90th/98th
+percentiles of their own code NLL (so that, as with calibrated weights, about 10 % of the codes
+are resampled), one torch thread per process: 114 and 129 CPU-seconds in all (two runs; most of
+it in pixel mode, the toy set 2 s), so about 2 minutes on a free 2-core CPU; 188 and 244 s of
+wall time on a heavily shared one. On a busy machine ``OMP_NUM_THREADS=1`` is faster than torch's
+default of one thread per core: with the default, the same run took 442 s there even with weights
+that resample almost no codes.
+
+Without installed weights (no ``card.json``) the demo says so and returns 2 before any work.
+Returns 0 when every task ran and was scored, 1 otherwise.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import region_preset
+from .detector import DEFAULT_RESTORATIONS
+from .validate import TASKS, format_table
+
+REGION = "brain"
+#: The shipped normal volume (MNI152 2009a, 2 mm; see LICENSE-MNI152.txt beside it).
+DEMO_VOLUME = Path(__file__).resolve().parent / "data" / "demo_brain_t1.nii.gz"
+#: Defaults sized for a few minutes on a 2-core CPU (measurements in the module docstring).
+DEMO_COUNT = 5
+DEMO_NORMALS = 1
+DEMO_SIZE = 128
+DEMO_SLICES = 12
+DEMO_RESTORATIONS = 3
+DEMO_SEED = 1
+#: Anomaly kinds of the anomalous cases, one family each: intensity, texture, deformation, misplaced tissue.
+DEMO_KINDS = ("blob_dark", "noise", "source", "foreign")
+#: Marks a folder as the demo's own, so that a rerun may replace what an earlier run wrote there.
+MARKER = ".mood-demo"
+#: What the demo writes under its output folder (a rerun removes these, and only these).
+_OWN = ("brain", "predictions", "pictures", "results.json")
+
+EXIT_OK, EXIT_FAILED, EXIT_NO_WEIGHTS = 0, 1, 2
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _error(text: str) -> None:
+    print(f"mood demo: error: {text}", file=sys.stderr, flush=True)
+
+
+def _no_weights_message(reason: str) -> str:
+    return (f"{reason}\n"
+            f"  The demo runs the trained models that ship in the repository's weights/{REGION} "
+            f"(card.json and safetensors shards).\n"
+            f"  Use a checkout that includes them, or point to a copy with --weights DIR or "
+            f"MOOD_WEIGHTS=ROOT (ROOT/{REGION}).\n"
+            f"  To try the pipeline without trained weights (the metrics are then meaningless):\n"
+            f"    mood init-weights --region {REGION} --out random-weights && "
+            f"mood demo --weights random-weights")
+
+
+def check_weights(weights: Path | None) -> tuple[Path, dict[str, Any]]:
+    """The brain weights folder the demo will use, and its card's ``info``, after loading both models.
+
+    ``weights`` None means the installed default (:func:`mood.weights.default_weights_dir`).
+    Raises :class:`mood.weights.WeightsError` with a message that says what is missing and what to do.
+    """
+    from .detector import Detector, resolve_weights
+    from .weights import WeightsError, default_weights_dir
+
+    if weights is None:
+        directory = default_weights_dir(REGION)
+        if not (directory / "card.json").is_file():
+            raise WeightsError(_no_weights_message(
+                f"no trained {REGION} weights are installed: {directory / 'card.json'} does not exist"))
+    else:
+        directory = Path(weights)
+    try:
+        directory = resolve_weights(REGION, directory)
+        detector = Detector.load(REGION, directory, "cpu")  # every check of the real run, up front
+    except WeightsError as exc:
+        raise WeightsError(_no_weights_message(
+            f"no usable {REGION} weights in {directory}: {str(exc).splitlines()[0]}")) from None
+    return directory.absolute(), dict(detector.card.info)
+
+
+def _check_args(count: int, normals: int, size: int, slices: int, restorations: int) -> None:
+    if count < 2:
+        raise ValueError(f"count={count}: the metrics need at least 2 cases (anomalous and normal)")
+    if not 1 <= normals < count:
+        raise ValueError(f"normals={normals}: need at least one normal and one anomalous case of {count}")
+    if size < 16:
+        raise ValueError(f"size={size}: volumes need at least 16 voxels a side")
+    if slices < 1 or restorations < 1:
+        raise ValueError(f"slices={slices}, restorations={restorations}: both must be at least 1")
+
+
+def prepare_output(output: Path) -> None:
+    """Create ``output``, or clear what an earlier demo wrote there; refuse any other non-empty folder."""
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"output {output} exists and is not a folder")
+    if output.is_dir() and any(output.iterdir()) and not (output / MARKER).is_file():
+        raise ValueError(f"output folder {output} is not empty and was not written by `mood demo`; "
+                         f"choose another with --output DIR")
+    output.mkdir(parents=True, exist_ok=True)
+    (output / MARKER).write_text("written by `mood demo`; a rerun replaces brain/, predictions/, "
+                                 "pictures/ and results.json\n")
+    for name in _OWN:
+        path = output / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def _validate_task(output: Path, task: str, extra_args: Sequence[str], pictures: Path | None) -> dict[str, Any]:
+    """One task through :func:`mood.validate.validate`; its own table is left out (ours follows)."""
+    from .validate import validate
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return validate(output, tasks=(task,), regions=(REGION,), pictures=pictures,
+                        extra_args=list(extra_args), workdir=output / "predictions")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _announce(output: Path, source: Path, weights_dir: Path, info: dict[str, Any], count: int, normals: int,
+              size: int, slices: int, restorations: int) -> None:
+    _say(f"mood demo: {count} brain cases ({count - normals} with synthetic anomalies, {normals} normal) "
+         f"at {size}^3, made from {source.name}")
+    if source == DEMO_VOLUME:
+        _say(f"  (the MNI152 2009a template at 2 mm; licence: {DEMO_VOLUME.parent / 'LICENSE-MNI152.txt'});")
+    _say(f"  scored on {slices} slices, pixel mode with {restorations} restorations per slice (challenge "
+         f"runs: 256^3, {region_preset(REGION).n_slices} slices, {DEFAULT_RESTORATIONS} restorations).")
+    _say("  Sized to finish in a few minutes on a 2-core CPU; anomalies between the scored slices are "
+         "missed, so the numbers show the pipeline, not the method's accuracy.")
+    _say(f"  weights: {weights_dir}")
+    if info.get("random_init"):
+        _say("  NOTE: these weights are randomly initialised (their card says so): the metrics are meaningless.")
+    _say(f"  output: {output}")
+    _say()
+
+
+def _run_tasks(output: Path, weights_dir: Path, device: str, seed: int, slices: int,
+               restorations: int) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
+    """Predict and score both tasks; returns the predictor arguments and validate's report, per task."""
+    # validate adds --input, --output and --region; --restorations is pixel's alone
+    common = ["--weights", str(weights_dir), "--device", device, "--seed", str(seed), "--slices", str(slices)]
+    args = {"sample": common, "pixel": common + ["--restorations", str(restorations)]}
+    toy_dir, pred_dir = output / REGION / "toy", output / "predictions" / REGION
+    reports = {}
+    for step, task in ((2, "sample"), (3, "pixel")):
+        _say(f"[{step}/3] {task} task: python -m mood {task} --input {toy_dir} --output {pred_dir / task} "
+             f"--region {REGION} {' '.join(args[task])}" + ("  (the slow part)" if task == "pixel" else ""))
+        reports[task] = _validate_task(output, task, args[task],
+                                       pictures=output / "pictures" if task == "pixel" else None)
+    return args, reports
+
+
+def _print_summary(output: Path, report: dict[str, Any], ok: bool) -> None:
+    _say()
+    _say("The challenge's metric (average precision; AUROC and best Dice besides):")
+    _say(format_table(report["results"]))
+    _say()
+    _say(f"{'case':<16}{'anomaly':<13}{'label':>6}{'sample score':>14}")
+    for case, entry in report["demo"]["cases"].items():
+        score = entry["sample_score"]
+        _say(f"{case:<16}{entry['kind'] or 'none':<13}{int(entry['kind'] is not None):>6}"
+             f"{'-' if score is None else f'{score:.4f}':>14}")
+    _say()
+    _say(f"toy set:     {output / REGION / 'toy'}  (labels in {output / REGION / 'toy_label'})")
+    _say(f"predictions: {output / 'predictions' / REGION}/{{sample,pixel}}")
+    _say(f"pictures:    {output / 'pictures' / REGION}  (pixel scores overlaid, anomalies outlined in cyan)")
+    _say(f"results:     {output / 'results.json'}")
+    _say(f"done in {report['demo']['seconds']:.0f} s"
+         + ("" if ok else "; some predictions FAILED (see the errors above)"))
+
+
+def demo(output: Path = Path("mood-demo"), weights: Path | None = None, device: str = "auto", *,
+         count: int = DEMO_COUNT, normals: int = DEMO_NORMALS, size: int = DEMO_SIZE,
+         slices: int = DEMO_SLICES, restorations: int = DEMO_RESTORATIONS, seed: int = DEMO_SEED,
+         kinds: tuple[str, ...] = DEMO_KINDS, source: Path = DEMO_VOLUME) -> int:
+    """Build a toy set from the shipped volume, run both tasks, score them, draw them; see the module doc.
+
+    Args:
+        output: folder for everything the demo writes (created; a rerun replaces an earlier demo's
+            files; any other non-empty folder is refused).
+        weights: brain weights folder (or a root with ``brain/``); default
+            :func:`mood.weights.default_weights_dir`.
+        device: ``auto``, ``cpu`` or ``cuda``, for the predictions.
+        count, normals: cases, of which ``normals`` are left untouched.
+        size: side of the cubic volumes (the challenge's brain volumes are 256).
+        slices: axial slices scored per volume (sample and pixel).
+        restorations: restorations per slice (pixel).
+        seed: seed of the toy set and of the restorations.
+        kinds: anomaly kinds, used in turn by the anomalous cases.
+        source: the normal volume the cases are made from.
+
+    Returns:
+        0 when both tasks ran and were scored, 1 when a task failed, 2 without usable weights.
+        Raises ``ValueError`` for bad settings or an output folder it may not use.
+    """
+    from .toy import make_toy
+    from .weights import WeightsError
+
+    output, source = Path(output).absolute(), Path(source)
+    _check_args(count, normals, size, slices, restorations)
+    start = time.perf_counter()
+    try:
+        weights_dir, info = check_weights(weights)
+    except WeightsError as exc:
+        _error(str(exc))
+        return EXIT_NO_WEIGHTS
+    prepare_output(output)
+    _announce(output, source, weights_dir, info, count, normals, size, slices, restorations)
+
+    t0 = time.perf_counter()
+    toy = make_toy(source, output / REGION, count, seed, region=REGION, normal_fraction=normals / count,
+                   size=(size, size, size), kinds=kinds)
+    t_toy = time.perf_counter() - t0
+    _say(f"[1/3] toy set: {toy.n_cases} cases in {output / REGION / 'toy'} ({t_toy:.0f} s): "
+         + ", ".join(f"{c.name} {c.kind or 'normal'}" for c in toy.cases))
+    args, reports = _run_tasks(output, weights_dir, device, seed, slices, restorations)
+
+    rows = [row for task in TASKS for row in reports[task]["results"]]
+    cases = {key: value for task in TASKS for key, value in reports[task]["cases"].items()}
+    ok = bool(rows) and all(r["returncode"] == 0 and not r["error"] for r in rows)
+    sample_cases = cases.get(f"{REGION}/sample", {})
+    report = {
+        "demo": {"source": str(source), "weights": str(weights_dir), "weights_info": info, "device": device,
+                 "count": count, "normals": normals, "size": [size] * 3, "slices": slices,
+                 "restorations": restorations, "seed": seed,
+                 "seconds": round(time.perf_counter() - start, 1), "toy_seconds": round(t_toy, 1),
+                 "cases": {c.name: {"kind": c.kind, "changed_voxels": c.n_changed,
+                                    "sample_score": sample_cases.get(f"{c.name}.txt", {}).get("score")}
+                           for c in toy.cases}},
+        "data": str(output), "predictor": reports["sample"]["predictor"], "extra_args": args,
+        "results": rows, "skipped": [s for task in TASKS for s in reports[task]["skipped"]],
+        "workdir": reports["sample"]["workdir"], "cases": cases,
+    }
+    _write_json(output / "results.json", report)
+    _print_summary(output, report, ok)
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+__all__ = ["demo", "check_weights", "prepare_output", "DEMO_VOLUME", "DEMO_COUNT", "DEMO_NORMALS",
+           "DEMO_SIZE", "DEMO_SLICES", "DEMO_RESTORATIONS", "DEMO_SEED", "DEMO_KINDS"]
