@@ -94,6 +94,9 @@ def choose_slices(volume_ras: np.ndarray, n_slices: int, label_ras: np.ndarray |
         if extra is None:
             continue
         area = (extra > 0.5).sum(axis=(0, 1)) if extra is label_ras else extra.sum(axis=(0, 1))
+        # Only slices through the object: score maps are held constant beyond the outermost
+        # scored plane, which would otherwise make an empty end slice the "largest".
+        area = np.where((np.arange(depth) >= first) & (np.arange(depth) <= last), area, 0)
         if float(area.max()) > 0:
             best = int(np.argmax(area))
             if best not in chosen:
