@@ -78,6 +78,7 @@ def main() -> int:
     ap.add_argument("--weights", type=Path, default=None)
     ap.add_argument("--random", action="store_true", help="real-size random models (see above)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="passed to mood --threads")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -100,6 +101,8 @@ def main() -> int:
                        "--region", region, "--device", args.device, "-q"]
                 if weights:
                     cmd += ["--weights", str(weights)]
+                if args.threads:
+                    cmd += ["--threads", str(args.threads)]
                 if task == "pixel":
                     cmd += ["--restorations", str(args.restorations)]
                 row[task] = timed(cmd)
@@ -107,6 +110,7 @@ def main() -> int:
             results.append(row)
             print(json.dumps(row), flush=True)
     report = {"results": results, "restorations": args.restorations, "device": args.device,
+              "threads": args.threads or "torch default",
               "weights": "random real-size" if args.random else str(args.weights or "packaged"),
               "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine()}
     if args.json:

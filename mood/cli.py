@@ -47,6 +47,8 @@ def _scoring_arguments(p: argparse.ArgumentParser, pixel: bool) -> None:
                    help="leave inputs whose output already exists (resume a large batch)")
     p.add_argument("--max-voxels", type=_positive_int, default=None,
                    help="refuse larger volumes before reading them (default: 2*512^3)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy machine)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
@@ -142,6 +144,10 @@ def _run_predict(args: argparse.Namespace) -> int:
     from .predict import predict
     from .volume_io import DEFAULT_MAX_VOXELS
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     summary = predict(args.command, args.input, args.output, region=args.region, device=args.device,
                       weights=args.weights, seed=args.seed,
                       restorations=args.restorations, slices=args.slices,

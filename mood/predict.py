@@ -20,7 +20,8 @@ from tqdm import tqdm
 from .config import CHALLENGE_SHAPES, REGIONS
 from .detector import DEFAULT_RESTORATIONS, Detector
 from .volume_io import (DEFAULT_MAX_VOXELS, InputError, is_nifti_name, list_inputs, load_volume,
-                        output_path, remove_stale_temporaries, write_scores_nifti, write_text)
+                        output_path, remove_stale_temporaries, round_to_float16_, write_scores_nifti,
+                        write_text)
 from .weights import WeightsError
 
 log = logging.getLogger("mood")
@@ -141,7 +142,7 @@ def predict(task: str, input: str | Path, output: str | Path, *, region: str = "
             else:
                 scores = det.score_pixel(volume.data, slices, restorations, seed)
                 _check_scores(scores)
-                write_scores_nifti(out, scores, volume)
+                write_scores_nifti(out, round_to_float16_(scores), volume)
             summary.scored.append(name)
         except Exception as exc:  # one bad case never stops the run; the expected kinds read plainly
             expected = isinstance(exc, (InputError, WeightsError, ValueError, RuntimeError, OSError,

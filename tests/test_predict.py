@@ -64,6 +64,9 @@ def test_pixel_cli_shapes_affines_and_determinism(case_dir, tmp_path, tiny_weigh
         assert np.array_equal(pred.affine, src.affine)
         data = pred.get_fdata(dtype=np.float16)
         assert data.min() >= 0 and data.max() < 1 and data.std() > 0
+        stored = np.asarray(pred.dataobj)
+        assert stored.dtype == np.float32  # at float16 precision: what the evaluator reads, exactly
+        assert np.array_equal(stored, stored.astype(np.float16).astype(np.float32))
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
 
 
