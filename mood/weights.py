@@ -187,20 +187,23 @@ def save_models(directory: str | Path, card: Card, vqvae: VQVAE, prior: PixelSNA
     write_card(directory, card)
 
 
-def load_vqvae(directory: str | Path, card: Card | None = None) -> VQVAE:
+def _load(directory: str | Path, card: Card | None, stem: str) -> torch.nn.Module:
     directory = Path(directory)
     card = card or read_card(directory)
-    model = VQVAE(card.config.vqvae)
-    _check_and_load(model, _load_sharded(directory, "vqvae"), "VQ-VAE", directory)
+    model, what = (VQVAE(card.config.vqvae), "VQ-VAE") if stem == "vqvae" else \
+        (PixelSNAIL(card.config.prior), "prior")
+    _check_and_load(model, _load_sharded(directory, stem), what, directory)
     return model.eval()
+
+
+def load_vqvae(directory: str | Path, card: Card | None = None) -> VQVAE:
+    """The VQ-VAE of a weights directory, in eval mode."""
+    return _load(directory, card, "vqvae")
 
 
 def load_prior(directory: str | Path, card: Card | None = None) -> PixelSNAIL:
-    directory = Path(directory)
-    card = card or read_card(directory)
-    model = PixelSNAIL(card.config.prior)
-    _check_and_load(model, _load_sharded(directory, "prior"), "prior", directory)
-    return model.eval()
+    """The prior of a weights directory, in eval mode."""
+    return _load(directory, card, "prior")
 
 
 def default_weights_dir(region: str) -> Path:
