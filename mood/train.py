@@ -20,7 +20,6 @@ parameter count are the original's.
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import sys
@@ -64,6 +63,8 @@ class TrainSettings:
     log_every: int = 10
     seed: int = 0
     channels_last: bool = True
+    #: stop (with a checkpoint) after this many seconds of this invocation, whatever ``steps`` says
+    time_limit: float | None = None
 
 
 def learning_rate(step: int, base: float, warmup: int) -> float:
@@ -96,6 +97,10 @@ def setup_distributed(device: str) -> Dist:
     from .device import resolve_device
 
     dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist(device=dev)
@@ -289,7 +294,8 @@ def _loop(*, kind: str, region: str, data: Path, out: Path, settings: TrainSetti
           config: RegionConfig, model: nn.Module,
           init: Callable[[list[SliceBank], Dist], None],
           step_fn: Callable[..., dict[str, float]], evaluate: Callable[..., dict[str, float]],
-          export: Callable[[dict[str, Any]], None], cache_dir: Path | None) -> Path:
+          export: Callable[[dict[str, Any]], None], cache_dir: Path | None,
+          volume_shape: tuple[int, int, int] | None) -> Path:
     """The loop both models share: data, DDP, optimiser, resume, log, checkpoints, signals."""
     if threads:
         torch.set_num_threads(threads)
@@ -301,7 +307,8 @@ def _loop(*, kind: str, region: str, data: Path, out: Path, settings: TrainSetti
     if d.enabled:
         dist.barrier()
     torch.manual_seed(settings.seed + d.rank)
-    train_banks, hold_banks = load_banks(Path(data), config, holdout, cache_dir)
+    train_banks, hold_banks = load_banks(Path(data), config, holdout, cache_dir,
+                                           tuple(volume_shape) if volume_shape else None)
     train_files, hold_files = split_files(Path(data), holdout)
     aug = region_augment_config(region) if settings.augment else None
 
@@ -313,7 +320,7 @@ def _loop(*, kind: str, region: str, data: Path, out: Path, settings: TrainSetti
     resumed = resume and (ckpt / "state.json").is_file()
     if resumed:
         state = load_checkpoint(ckpt, model, opt)
-        if state["config"] != config.to_dict():
+        if RegionConfig.from_dict(state["config"]) != config:
             raise ValueError(f"{ckpt}: checkpoint was trained with another architecture "
                              f"(tiny={state['settings'].get('tiny')}); use the same settings")
         step, elapsed = int(state["step"]), float(state["elapsed_s"])
@@ -347,6 +354,7 @@ def _loop(*, kind: str, region: str, data: Path, out: Path, settings: TrainSetti
                mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
     per_rank = settings.batch_size // d.world
     window = torch.zeros(0)
+    started = time.perf_counter()
     try:
         with _StopFlag() as flag:
             while step < settings.steps and not flag.stop:
@@ -369,6 +377,8 @@ def _loop(*, kind: str, region: str, data: Path, out: Path, settings: TrainSetti
                 bar.update(1)
                 if step % settings.ckpt_every == 0 and step < settings.steps:
                     checkpoint()
+                if settings.time_limit is not None and time.perf_counter() - started > settings.time_limit:
+                    flag.stop = True
                 # a stop request on any rank stops every rank at the same step
                 if d.enabled:
                     stop = torch.tensor([float(flag.stop)], device=d.device)
@@ -395,6 +405,7 @@ def train_vqvae(region: str, data: Path, out: Path, *, steps: int, batch_size: i
                 holdout: list[str] | None = None, resume: bool = False, tiny: bool = False,
                 device: str = "auto", seed: int = 0, ckpt_every: int = 100, log_every: int = 10,
                 threads: int | None = None, cache_dir: Path | None = None,
+                volume_shape: tuple[int, int, int] | None = None, time_limit: float | None = None,
                 settings: TrainSettings | None = None) -> Path:
     """Train the slice VQ-VAE of ``region`` on the volumes in ``data``; returns the weights dir ``out``.
 
@@ -403,7 +414,7 @@ def train_vqvae(region: str, data: Path, out: Path, *, steps: int, batch_size: i
     """
     config = _config_for(region, tiny)
     settings = replace(settings or TrainSettings(), steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                       ckpt_every=ckpt_every, log_every=log_every)
+                       ckpt_every=ckpt_every, log_every=log_every, time_limit=time_limit)
     torch.manual_seed(seed)  # identical initial weights on every process
     model = VQVAE(config.vqvae)
     out = Path(out)
@@ -444,8 +455,8 @@ def train_vqvae(region: str, data: Path, out: Path, *, steps: int, batch_size: i
             reseeded = reseed_dead_codes(model, opt, (counts_window == 0).to(d.device), q.encodings, gen, d)
             state["reseeded"] += reseeded
             counts_window = torch.zeros_like(counts_window)
-        out_m = {k: float(v) for k, v in losses.items()}
-        return {"loss": float(loss), **out_m, "codes_used": used, "perplexity": ppl,
+        out_m = {k: float(v.detach()) for k, v in losses.items()}
+        return {"loss": float(loss.detach()), **out_m, "codes_used": used, "perplexity": ppl,
                 "reseeded": reseeded, "reseeded_total": state["reseeded"]}
 
     def export(info: dict[str, Any]) -> None:
@@ -455,7 +466,7 @@ def train_vqvae(region: str, data: Path, out: Path, *, steps: int, batch_size: i
     return _loop(kind="vqvae", region=region, data=data, out=out, settings=settings, holdout=holdout,
                  resume=resume, threads=threads, device=device, config=config, model=model, init=init,
                  step_fn=step_fn, evaluate=lambda m, ev, d: evaluate_vqvae(m, ev, d, settings),
-                 export=export, cache_dir=cache_dir)
+                 export=export, cache_dir=cache_dir, volume_shape=volume_shape)
 
 
 CODEBOOK_REMEDY = ("data-based initialisation (k-means++ then Lloyd on encoder outputs of the first "
@@ -491,6 +502,7 @@ def train_prior(region: str, data: Path, out: Path, *, vqvae: Path, steps: int, 
                 lr: float = 1e-4, holdout: list[str] | None = None, resume: bool = False,
                 tiny: bool = False, device: str = "auto", seed: int = 0, ckpt_every: int = 100,
                 log_every: int = 10, threads: int | None = None, cache_dir: Path | None = None,
+                volume_shape: tuple[int, int, int] | None = None, time_limit: float | None = None,
                 settings: TrainSettings | None = None) -> Path:
     """Train the PixelSNAIL prior on the codes of the frozen VQ-VAE in weights dir ``vqvae``.
 
@@ -504,7 +516,7 @@ def train_prior(region: str, data: Path, out: Path, *, vqvae: Path, steps: int, 
     if tiny != (config.vqvae.channels != region_preset(region).vqvae.channels):
         raise ValueError(f"tiny={tiny} disagrees with the VQ-VAE in {vqvae}")
     settings = replace(settings or TrainSettings(), steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                       ckpt_every=ckpt_every, log_every=log_every)
+                       ckpt_every=ckpt_every, log_every=log_every, time_limit=time_limit)
     torch.manual_seed(seed)
     vq = load_vqvae(vqvae, vq_card)
     for p in vq.parameters():
@@ -535,7 +547,7 @@ def train_prior(region: str, data: Path, out: Path, *, vqvae: Path, steps: int, 
         opt.step()
         counts = _all_reduce(torch.bincount(codes.flatten(), minlength=config.prior.n_codes).double(), d)
         used, ppl = code_stats(counts.cpu())
-        return {"loss": float(loss), "codes_used": used, "perplexity": ppl}
+        return {"loss": float(loss.detach()), "codes_used": used, "perplexity": ppl}
 
     @torch.no_grad()
     def evaluate(m: PixelSNAIL, ev: tuple[torch.Tensor, torch.Tensor], d: Dist) -> dict[str, float]:
@@ -558,7 +570,7 @@ def train_prior(region: str, data: Path, out: Path, *, vqvae: Path, steps: int, 
 
     return _loop(kind="prior", region=region, data=data, out=out, settings=settings, holdout=holdout,
                  resume=resume, threads=threads, device=device, config=config, model=model, init=init,
-                 step_fn=step_fn, evaluate=evaluate, export=export, cache_dir=cache_dir)
+                 step_fn=step_fn, evaluate=evaluate, export=export, cache_dir=cache_dir, volume_shape=volume_shape)
 
 
 def _default_cache(out: Path) -> Path:
@@ -579,6 +591,22 @@ def init_weights(region: str, out: Path, tiny: bool = False, seed: int = 0) -> P
     return Path(out)
 
 
+
+
+
+def export_weights(src: Path, dst: Path, dtype: torch.dtype = torch.float32,
+                   info: dict[str, Any] | None = None) -> Path:
+    """Copy a weights directory (card + both models) to ``dst``, stored as ``dtype``; ``info`` is merged
+    into the card's ``info``. Shards stay below the size limit of :mod:`mood.weights`."""
+    from .weights import load_prior
+
+    card = read_card(src)
+    vq, prior = load_vqvae(src, card), load_prior(src, card)
+    card.info = {**card.info, **(info or {}), "storage_dtype": str(dtype).replace("torch.", "")}
+    save_models(dst, card, vq, prior, dtype=dtype)
+    return Path(dst)
+
+
 __all__ = ["TrainSettings", "learning_rate", "setup_distributed", "train_vqvae", "train_prior",
            "init_weights", "kmeans", "code_stats", "reseed_dead_codes", "save_checkpoint",
-           "load_checkpoint", "evaluate_vqvae", "CODEBOOK_REMEDY"]
+           "load_checkpoint", "evaluate_vqvae", "export_weights", "CODEBOOK_REMEDY"]

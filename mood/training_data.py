@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,31 +66,38 @@ def volume_to_bank(volume: np.ndarray | torch.Tensor, config: RegionConfig, name
     return SliceBank(name=name, slices=slices, positions=full.positions.contiguous())
 
 
-def _cache_key(path: Path, config: RegionConfig) -> str:
+def _cache_key(path: Path, config: RegionConfig, shape: tuple[int, int, int] | None) -> str:
     st = path.stat()
-    blob = json.dumps({"v": BANK_VERSION, "name": path.name, "size": st.st_size,
-                       "mtime": int(st.st_mtime), "region": config.region,
-                       "norm": config.normalisation, "thr": config.foreground_threshold,
-                       "image_size": config.vqvae.image_size}, sort_keys=True)
+    key = {"v": BANK_VERSION, "name": path.name, "size": st.st_size,
+           "mtime": int(st.st_mtime), "region": config.region,
+           "norm": config.normalisation, "thr": config.foreground_threshold,
+           "image_size": config.vqvae.image_size}
+    if shape is not None:
+        key["shape"] = list(shape)
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def load_bank(path: Path, config: RegionConfig, cache_dir: Path | None = None) -> SliceBank:
-    """Convert ``path`` (cached in ``cache_dir`` when given) and return its bank."""
+def load_bank(path: Path, config: RegionConfig, cache_dir: Path | None = None,
+              shape: tuple[int, int, int] | None = None) -> SliceBank:
+    """Convert ``path`` (cached in ``cache_dir`` when given) and return its bank.
+
+    ``shape`` overrides the challenge shape of the conversion (tests and quick runs only).
+    """
     path = Path(path)
     cached = None
     if cache_dir is not None:
-        cached = Path(cache_dir) / f"{path.name.split('.')[0]}-{_cache_key(path, config)}.safetensors"
+        cached = Path(cache_dir) / f"{path.name.split('.')[0]}-{_cache_key(path, config, shape)}.safetensors"
         if cached.is_file():
             t = load_file(str(cached))
             return SliceBank(name=path.name, slices=t["slices"], positions=t["positions"])
     from .convert import to_challenge_form  # imported late: conversion pulls in SimpleITK
 
-    volume, _ = to_challenge_form(path, config.region)
+    volume, _ = to_challenge_form(path, config.region, shape=shape)
     bank = volume_to_bank(volume, config, path.name)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(cached.name + ".tmp")
+        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")  # processes may race
         save_file({"slices": bank.slices, "positions": bank.positions}, str(tmp))
         tmp.replace(cached)
     return bank
@@ -118,11 +126,12 @@ def split_files(data: Path, holdout: list[str] | None) -> tuple[list[Path], list
 
 
 def load_banks(data: Path, config: RegionConfig, holdout: list[str] | None,
-               cache_dir: Path | None = None) -> tuple[list[SliceBank], list[SliceBank]]:
+               cache_dir: Path | None = None, shape: tuple[int, int, int] | None = None
+               ) -> tuple[list[SliceBank], list[SliceBank]]:
     """Banks of the training and the holdout volumes in ``data``."""
     train, held = split_files(data, holdout)
-    return ([load_bank(p, config, cache_dir) for p in train],
-            [load_bank(p, config, cache_dir) for p in held])
+    return ([load_bank(p, config, cache_dir, shape) for p in train],
+            [load_bank(p, config, cache_dir, shape) for p in held])
 
 
 def sample_batch(banks: list[SliceBank], batch_size: int,

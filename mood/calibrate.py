@@ -1,0 +1,121 @@
+"""Calibration: normal holdout volumes -> thresholds and score maps in the weights card.
+
+In: a folder of normal volumes that the models did not train on, and a weights directory.
+Out: the same directory's ``card.json`` with
+
+- ``lambda_s`` / ``lambda_p``: the ``sample_percentile`` (98) and ``pixel_percentile`` (90)
+  percentiles of the per-code NLL of the holdout volumes (the original's rule, DESIGN.md section 3);
+- ``sample_map``: ``x / (x + scale)`` with ``scale = sample_margin * max(holdout raw sample score)``,
+  so holdout normals map to at most ``1 / (1 + sample_margin)`` (1/3 by default);
+- ``pixel_map``: ``scale`` = the ``pixel_scale_percentile`` (99.9) of the holdout raw voxel scores
+  inside the body (normal tissue stays below 0.5 for all but 0.1 % of its voxels);
+- ``info["calibration"]``: files, settings, raw values and timing.
+
+Raw scores come from :class:`mood.detector.Detector` with the new thresholds, exactly as at
+inference. Pixel raw scores need restorations (slow on a CPU), so they use ``n_slices`` slices
+and ``restorations`` restorations per volume; the thresholds and the sample map use the
+inference default number of slices.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .detector import Detector, resolve_weights
+from .volume_io import list_inputs, load_volume
+from .weights import Card, ScoreMap, write_card
+from .config import CHALLENGE_SHAPES
+
+
+def load_challenge_volume(path: Path, region: str) -> np.ndarray:
+    """A volume in challenge form: used as is when it already is, else converted."""
+    vol = load_volume(path)
+    if tuple(vol.data.shape) == tuple(CHALLENGE_SHAPES[region]) and not vol.notes:
+        return vol.data
+    from .convert import to_challenge_form
+
+    data, _ = to_challenge_form(path, region)
+    return data
+
+
+def _body_mask(x: torch.Tensor, region: str) -> torch.Tensor:
+    """Voxels of normalised slices that are inside the body (not background / air)."""
+    return x != 0 if region == "brain" else x > -0.98
+
+
+def calibrate(region: str, data: Path, weights: Path, *, device: str = "auto",
+              n_slices: int | None = 8, restorations: int = 3, seed: int = 0,
+              sample_percentile: float = 98.0, pixel_percentile: float = 90.0,
+              sample_margin: float = 2.0, pixel_scale_percentile: float = 99.9,
+              pixel: bool = True) -> Card:
+    """Fit thresholds and score maps on the normal volumes in ``data``; write and return the card.
+
+    ``n_slices`` and ``restorations`` apply to the (slow) pixel part; ``pixel=False`` skips it
+    and keeps the card's pixel map.
+    """
+    t0 = time.perf_counter()
+    if n_slices is not None and n_slices < 3:
+        raise ValueError(f"n_slices must be at least 3 (the pixel score smooths over 3 slices), got {n_slices}")
+    files = list_inputs(Path(data))
+    if not files:
+        raise ValueError(f"no NIfTI volumes in {data}")
+    det = Detector.load(region, weights, device)
+    card = det.card
+    vols = [load_challenge_volume(f, region) for f in files]
+
+    # 1. thresholds from the pooled per-code NLL at the inference slice count
+    nlls = []
+    for v in vols:
+        s = det.slices(v)
+        nlls.append(det.code_nll(det.encode(s), s.coord).flatten().double().cpu())
+    nll = torch.cat(nlls).numpy()
+    card.lambda_s = float(np.percentile(nll, sample_percentile))
+    card.lambda_p = float(np.percentile(nll, pixel_percentile))
+
+    # 2. sample map from the raw sample scores with the new lambda_s
+    sample_raw = [det.sample_raw(v) for v in vols]
+    s_scale = sample_margin * max(sample_raw)
+    if not s_scale > 0:
+        s_scale = 1.0
+    card.sample_map = ScoreMap(float(s_scale))
+
+    # 3. pixel map from the raw voxel scores inside the body, with the new lambda_p
+    pixel_info: dict = {"skipped": True}
+    if pixel:
+        tp = time.perf_counter()
+        values = []
+        for i, v in enumerate(vols):
+            raw, _ = det.pixel_raw(v, n_slices, restorations, seed + i)
+            x = det.slices(v, n_slices).x
+            values.append(raw[_body_mask(x, region)].double().cpu())
+        pv = torch.cat(values).numpy()
+        p_scale = float(np.percentile(pv, pixel_scale_percentile)) if pv.size else 1.0
+        if not p_scale > 0:
+            p_scale = 1.0
+        card.pixel_map = ScoreMap(p_scale)
+        pixel_info = {"n_slices": n_slices, "restorations": restorations, "voxels": int(pv.size),
+                      "raw_p50": float(np.percentile(pv, 50)) if pv.size else None,
+                      "raw_p99": float(np.percentile(pv, 99)) if pv.size else None,
+                      "raw_max": float(pv.max()) if pv.size else None,
+                      "scale_percentile": pixel_scale_percentile, "seconds": round(time.perf_counter() - tp, 1)}
+
+    card.info = {**card.info, "calibration": {
+        "files": [f.name for f in files],
+        "lambda_s": {"percentile": sample_percentile, "value": card.lambda_s},
+        "lambda_p": {"percentile": pixel_percentile, "value": card.lambda_p},
+        "nll": {"codes": int(nll.size), "mean": float(nll.mean()), "p50": float(np.percentile(nll, 50)),
+                "p99": float(np.percentile(nll, 99))},
+        "sample": {"raw": [round(r, 4) for r in sample_raw], "margin": sample_margin, "scale": s_scale,
+                   "mapped_max": float(max(sample_raw) / (max(sample_raw) + s_scale))},
+        "pixel": pixel_info,
+        "seed": seed,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }}
+    write_card(resolve_weights(region, weights), card)
+    return card
+
+
+__all__ = ["calibrate", "load_challenge_volume"]

@@ -1,0 +1,252 @@
+"""Training: a tiny model end to end on synthetic volumes, checkpoints, resume, DDP (gloo, 2 processes)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from mood.config import tiny_preset
+from mood.networks import VQVAE
+from mood.train import (TrainSettings, code_stats, init_weights, kmeans, learning_rate,
+                        load_checkpoint, reseed_dead_codes, save_checkpoint, train_prior,
+                        train_vqvae, Dist)
+from mood.training_data import fixed_batch, load_banks, sample_batch, split_files, volume_to_bank
+from mood.weights import load_prior, load_vqvae, read_card
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPE = (48, 48, 32)
+S = tiny_preset("brain").vqvae.image_size
+
+
+def make_head(seed: int, shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
+    """An ellipsoid 'head' in [0, 1]: bright shell, textured inside, background 0."""
+    rng = np.random.default_rng(seed)
+    a0, a1, a2 = (np.arange(n, dtype=np.float32) for n in shape)
+    z0, z1, z2 = np.meshgrid(a0, a1, a2, indexing="ij")
+    r = np.sqrt(((z0 - shape[0] / 2) / (0.42 * shape[0])) ** 2 + ((z1 - shape[1] / 2) / (0.38 * shape[1])) ** 2
+                + ((z2 - shape[2] / 2) / (0.45 * shape[2])) ** 2)
+    vol = np.where(r < 1, 0.45 + 0.1 * np.sin(z0 / 3 + seed) * np.cos(z1 / 4), 0.0)
+    vol = np.where((r > 0.85) & (r < 1), 0.9, vol)
+    vol = vol + (r < 1) * rng.normal(0, 0.02, shape)
+    return np.clip(vol, 0, 1).astype(np.float32)
+
+
+def write_heads(folder: Path, n: int = 3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        nib.save(nib.Nifti1Image(make_head(i), np.eye(4)), str(folder / f"head{i}.nii.gz"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def heads(tmp_path_factory) -> Path:
+    return write_heads(tmp_path_factory.mktemp("heads"))
+
+
+def _kw(tmp: Path, **extra):
+    kw = dict(batch_size=4, lr=1e-3, holdout=["head2"], tiny=True, device="cpu", seed=0,
+              ckpt_every=5, log_every=1, threads=2, cache_dir=tmp / "cache", volume_shape=SHAPE)
+    kw.update(extra)
+    return kw
+
+
+def _log(out: Path, kind: str) -> list[dict]:
+    return [json.loads(l) for l in (out / "train" / kind / "log.jsonl").read_text().splitlines()]
+
+
+# -- data -----------------------------------------------------------------------------------
+def test_split_and_banks(heads, tmp_path):
+    train, held = split_files(heads, ["head2"])
+    assert [p.name for p in train] == ["head0.nii.gz", "head1.nii.gz"]
+    assert [p.name for p in held] == ["head2.nii.gz"]
+    with pytest.raises(ValueError, match="match no file"):
+        split_files(heads, ["nope"])
+    with pytest.raises(ValueError, match="nothing left"):
+        split_files(heads, ["head0", "head1", "head2"])
+    cfg = tiny_preset("brain")
+    tr, ho = load_banks(heads, cfg, ["head2"], tmp_path / "c", SHAPE)
+    assert len(tr) == 2 and len(ho) == 1
+    assert tr[0].slices.shape == (SHAPE[2], S, S) and tr[0].positions.shape == (SHAPE[2], 1)
+    assert list((tmp_path / "c").glob("*.safetensors"))  # cached
+    tr2, _ = load_banks(heads, cfg, ["head2"], tmp_path / "c", SHAPE)  # from the cache
+    assert torch.equal(tr[0].slices, tr2[0].slices)
+    x, c = sample_batch(tr, 5, torch.Generator().manual_seed(0))
+    assert x.shape == (5, S, S) and c.shape == (5, 1)
+    ex, ec = fixed_batch(ho, 4)
+    assert ex.shape == (4, S, S) and ec.shape == (4, 1)
+
+
+def test_bank_matches_inference_pipeline():
+    """Every plane of the bank is what extract_slices + normalise give at inference."""
+    from mood.slicing import extract_slices, normalise, slice_grid
+
+    cfg = tiny_preset("brain")
+    vol = make_head(0)
+    bank = volume_to_bank(vol, cfg, "v")
+    grid = slice_grid(vol.shape, 8)
+    t = torch.from_numpy(vol)
+    want = normalise(extract_slices(t, grid, S), t, cfg)
+    assert torch.allclose(bank.slices[list(grid.indices)], want, atol=1e-6)
+    assert torch.allclose(bank.positions[list(grid.indices)], grid.positions)
+
+
+# -- helpers --------------------------------------------------------------------------------
+def test_learning_rate_and_code_stats():
+    assert learning_rate(0, 1e-4, 0) == 1e-4
+    assert learning_rate(0, 1e-4, 10) == pytest.approx(1e-5)
+    assert learning_rate(50, 1e-4, 10) == 1e-4
+    used, ppl = code_stats(torch.tensor([5.0, 5.0, 0.0, 0.0]))
+    assert used == 2 and ppl == pytest.approx(2.0)
+
+
+def test_kmeans_finds_clusters():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x = torch.cat([c + 0.1 * torch.randn(50, 2, generator=g) for c in centres])
+    found = kmeans(x, 3, 10, g)
+    assert torch.cdist(centres, found).min(1).values.max() < 0.5
+
+
+def test_reseed_dead_codes_resets_rows_and_moments():
+    model = VQVAE(tiny_preset("brain").vqvae)
+    opt = torch.optim.Adam(model.parameters())
+    model.codebook.weight.sum().backward()
+    opt.step()
+    before = model.codebook.weight.detach().clone()
+    dead = torch.zeros(model.config.n_codes, dtype=torch.bool)
+    dead[[1, 5]] = True
+    enc = torch.randn(2, model.config.code_dim, 4, 4) + 100
+    n = reseed_dead_codes(model, opt, dead, enc, torch.Generator().manual_seed(0), Dist())
+    assert n == 2
+    w = model.codebook.weight.detach()
+    assert torch.equal(w[~dead], before[~dead])
+    assert (w[dead] > 50).all()  # taken from the encodings
+    assert (opt.state[model.codebook.weight]["exp_avg"][dead] == 0).all()
+
+
+def test_checkpoint_roundtrip(tmp_path):
+    model = VQVAE(tiny_preset("brain").vqvae)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+    out, _ = model(torch.randn(2, S, S), torch.zeros(2, 1))
+    out.mean().backward()
+    opt.step()
+    save_checkpoint(tmp_path, model, opt, {"step": 7, "elapsed_s": 1.0})
+    m2 = VQVAE(tiny_preset("brain").vqvae)
+    o2 = torch.optim.Adam(m2.parameters(), lr=1.0)
+    state = load_checkpoint(tmp_path, m2, o2)
+    assert state["step"] == 7 and o2.param_groups[0]["lr"] == 3e-4
+    for a, b in zip(model.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+    k = next(iter(opt.state))
+    k2 = next(iter(o2.state))
+    assert torch.equal(opt.state[k]["exp_avg"], o2.state[k2]["exp_avg"])
+    assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob("*.pkl"))
+
+
+def test_init_weights_loads(tmp_path):
+    out = init_weights("abdom", tmp_path / "w", tiny=True, seed=1)
+    card = read_card(out)
+    assert card.config.region == "abdom" and card.info["random_init"]
+    load_vqvae(out)
+    load_prior(out)
+
+
+# -- end to end -----------------------------------------------------------------------------
+def test_vqvae_and_prior_train_resume_and_load(heads, tmp_path):
+    out = tmp_path / "w"
+    train_vqvae("brain", heads, out, steps=20, **_kw(tmp_path))
+    log = [r for r in _log(out, "vqvae") if "loss" in r]
+    first = np.mean([r["loss"] for r in log[:5]])
+    last = np.mean([r["loss"] for r in log[-5:]])
+    assert last < first, (first, last)
+    assert all("codes_used" in r and "perplexity" in r and "elapsed_s" in r for r in log)
+    assert any("holdout_recon" in r for r in _log(out, "vqvae"))
+    vq = load_vqvae(out)
+    card = read_card(out)
+    info = card.info["training"]["vqvae"]
+    assert info["steps"] == 20 and info["train_files"] == ["head0.nii.gz", "head1.nii.gz"]
+    assert info["holdout_files"] == ["head2.nii.gz"]
+
+    # an existing run is never silently overwritten; resume continues the step count and the log
+    with pytest.raises(ValueError, match="resume"):
+        train_vqvae("brain", heads, out, steps=23, **_kw(tmp_path))
+    n_before = len(_log(out, "vqvae"))
+    train_vqvae("brain", heads, out, steps=23, resume=True, **_kw(tmp_path))
+    log2 = _log(out, "vqvae")
+    assert len(log2) > n_before and log2[:n_before] == _log(out, "vqvae")[:n_before]
+    steps = [r["step"] for r in log2 if "loss" in r]
+    assert steps[-1] == 23 and max(steps[:len(log)]) == 20
+    assert json.loads((out / "train" / "vqvae" / "state.json").read_text())["step"] == 23
+
+    pout = tmp_path / "wp"
+    train_prior("brain", heads, pout, vqvae=out, steps=12, **_kw(tmp_path))
+    plog = [r for r in _log(pout, "prior") if "loss" in r]
+    assert np.mean([r["loss"] for r in plog[-3:]]) < np.mean([r["loss"] for r in plog[:3]])
+    load_vqvae(pout)
+    load_prior(pout)
+    pcard = read_card(pout)
+    assert pcard.info["training"]["prior"]["steps"] == 12
+    assert pcard.info["training"]["vqvae"]["steps"] == 23
+    assert pcard.lambda_s is None  # calibration is reset by training
+    with pytest.raises(ValueError, match="tiny"):
+        train_prior("brain", heads, tmp_path / "x", vqvae=out, steps=1, **_kw(tmp_path, tiny=False))
+
+
+def test_sigterm_checkpoints_and_exits(heads, tmp_path):
+    """A SIGTERM finishes the step, writes a checkpoint and returns."""
+    import signal
+    import threading
+
+    out = tmp_path / "w"
+    log = out / "train" / "vqvae" / "log.jsonl"
+    done = threading.Event()
+
+    def stop_after_first_step() -> None:  # the handler is installed before step 1 is logged
+        while not done.is_set():
+            if log.is_file() and log.read_text().strip():
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=stop_after_first_step, daemon=True)
+    thread.start()
+    try:
+        train_vqvae("brain", heads, out, steps=100_000, **_kw(tmp_path, ckpt_every=10_000))
+    finally:
+        done.set()
+    state = json.loads((out / "train" / "vqvae" / "state.json").read_text())
+    assert 0 < state["step"] < 100_000
+    assert _log(out, "vqvae")[-1]["event"] == "final"
+    load_vqvae(out)
+
+
+def test_ddp_two_processes_gloo(heads, tmp_path):
+    """torchrun with 2 CPU processes (gloo): trains, logs once, writes loadable weights."""
+    out = tmp_path / "ddp"
+    script = tmp_path / "ddp_train.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from mood.train import train_vqvae\n"
+        f"train_vqvae('brain', {str(heads)!r}, {str(out)!r}, steps=4, batch_size=4, lr=1e-3, "
+        "holdout=['head2'], tiny=True, device='cpu', seed=0, ckpt_every=2, log_every=1, threads=1, "
+        f"cache_dir={str(tmp_path / 'cache')!r}, volume_shape={SHAPE!r})\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", str(script)], env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = [r for r in _log(out, "vqvae") if "loss" in r]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]  # rank 0 only
+    card = read_card(out)
+    assert card.info["training"]["vqvae"]["world_size"] == 2
+    load_vqvae(out)
