@@ -185,7 +185,10 @@ def _run_tasks(output: Path, weights_dir: Path, device: str, seed: int, slices: 
                restorations: int) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
     """Predict and score both tasks; returns the predictor arguments and validate's report, per task."""
     # validate adds --input, --output and --region; --restorations is pixel's alone
-    common = ["--weights", str(weights_dir), "--device", device, "--seed", str(seed), "--slices", str(slices)]
+    # One torch thread: the restoration's many small products gain little from a second thread and
+    # lose badly when anything else runs on the same cores.
+    common = ["--weights", str(weights_dir), "--device", device, "--seed", str(seed), "--slices", str(slices),
+              "--threads", "1"]
     args = {"sample": common, "pixel": common + ["--restorations", str(restorations)]}
     toy_dir, pred_dir = output / REGION / "toy", output / "predictions" / REGION
     reports = {}
