@@ -140,4 +140,4 @@ def augment(x: torch.Tensor, generator: torch.Generator, cfg: AugmentConfig = Au
     return y.to(dtype)
 
 
-__all__ = ["AugmentConfig", "region_augment_config", "augment", "shape_grid"]
+__all__ = ["AugmentConfig", "augment", "region_augment_config", "shape_grid"]

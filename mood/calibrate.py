@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import CHALLENGE_SHAPES
 from .detector import Detector, resolve_weights
 from .volume_io import list_inputs, load_volume
 from .weights import Card, ScoreMap, write_card
-from .config import CHALLENGE_SHAPES
 
 
 def load_challenge_volume(path: Path, region: str) -> np.ndarray:

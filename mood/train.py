@@ -24,9 +24,10 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -81,7 +82,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def enabled(self) -> bool:
@@ -256,7 +257,7 @@ class _StopFlag:
         self.stop = False
         self._old: Any = None
 
-    def __enter__(self) -> "_StopFlag":
+    def __enter__(self) -> _StopFlag:
         try:
             self._old = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not the main thread
@@ -266,7 +267,7 @@ class _StopFlag:
     def _handle(self, signum: int, frame: Any) -> None:
         self.stop = True
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)
 
@@ -353,7 +354,6 @@ def _loop(*, kind: str, region: str, data: Path, out: Path, settings: TrainSetti
     bar = tqdm(total=settings.steps, initial=step, desc=f"{region} {kind}", disable=not d.master,
                mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
     per_rank = settings.batch_size // d.world
-    window = torch.zeros(0)
     started = time.perf_counter()
     try:
         with _StopFlag() as flag:
@@ -397,10 +397,6 @@ def _loop(*, kind: str, region: str, data: Path, out: Path, settings: TrainSetti
 
 # --------------------------------------------------------------------------------------------
 # VQ-VAE
-def _vq_settings(**kw: Any) -> TrainSettings:
-    return TrainSettings(**{k: v for k, v in kw.items() if v is not None})
-
-
 def train_vqvae(region: str, data: Path, out: Path, *, steps: int, batch_size: int, lr: float = 1e-4,
                 holdout: list[str] | None = None, resume: bool = False, tiny: bool = False,
                 device: str = "auto", seed: int = 0, ckpt_every: int = 100, log_every: int = 10,
@@ -607,6 +603,19 @@ def export_weights(src: Path, dst: Path, dtype: torch.dtype = torch.float32,
     return Path(dst)
 
 
-__all__ = ["TrainSettings", "learning_rate", "setup_distributed", "train_vqvae", "train_prior",
-           "init_weights", "kmeans", "code_stats", "reseed_dead_codes", "save_checkpoint",
-           "load_checkpoint", "evaluate_vqvae", "export_weights", "CODEBOOK_REMEDY"]
+__all__ = [
+    "CODEBOOK_REMEDY",
+    "TrainSettings",
+    "code_stats",
+    "evaluate_vqvae",
+    "export_weights",
+    "init_weights",
+    "kmeans",
+    "learning_rate",
+    "load_checkpoint",
+    "reseed_dead_codes",
+    "save_checkpoint",
+    "setup_distributed",
+    "train_prior",
+    "train_vqvae",
+]

@@ -91,7 +91,9 @@ def load_bank(path: Path, config: RegionConfig, cache_dir: Path | None = None,
         if cached.is_file():
             t = load_file(str(cached))
             return SliceBank(name=path.name, slices=t["slices"], positions=t["positions"])
-    from .convert import to_challenge_form  # imported late: conversion pulls in SimpleITK
+    from .convert import (
+        to_challenge_form,  # imported late: conversion pulls in SimpleITK
+    )
 
     volume, _ = to_challenge_form(path, config.region, shape=shape)
     bank = volume_to_bank(volume, config, path.name)
@@ -161,5 +163,12 @@ def fixed_batch(banks: list[SliceBank], n_per_volume: int) -> tuple[torch.Tensor
     return torch.cat(xs), torch.cat(cs)
 
 
-__all__ = ["SliceBank", "volume_to_bank", "load_bank", "load_banks", "split_files",
-           "sample_batch", "fixed_batch"]
+__all__ = [
+    "SliceBank",
+    "fixed_batch",
+    "load_bank",
+    "load_banks",
+    "sample_batch",
+    "split_files",
+    "volume_to_bank",
+]

@@ -23,57 +23,67 @@ ABDOM_HOLDOUT=totalseg_chest_ct_1p5mm     # 1 of the 3 CT files (overlaps the ao
 #    steps fit in the budget). Codebook: k-means init, dead-code re-seeding every 25 steps,
 #    commitment 0.25.
 MOOD_CACHE="$RUNS/cache/brain" $MOOD train vqvae --region brain --data "$DATA/brain" \
-  --out "$RUNS/brain/vq" --steps @BRAIN_VQ@ --batch-size 8 --lr 3e-4 --holdout "$BRAIN_HOLDOUT" \
+  --out "$RUNS/brain/vq" --steps 147 --batch-size 8 --lr 3e-4 --holdout "$BRAIN_HOLDOUT" \
   --device cpu --seed 0 --ckpt-every 50 --log-every 5 --threads 2 --resume &
+p1=$!
 MOOD_CACHE="$RUNS/cache/abdom" $MOOD train vqvae --region abdom --data "$DATA/abdom" \
-  --out "$RUNS/abdom/vq" --steps @ABDOM_VQ@ --batch-size 8 --lr 3e-4 --holdout "$ABDOM_HOLDOUT" \
+  --out "$RUNS/abdom/vq" --steps 167 --batch-size 8 --lr 3e-4 --holdout "$ABDOM_HOLDOUT" \
   --device cpu --seed 0 --ckpt-every 50 --log-every 5 --threads 1 --resume &
-wait
+p2=$!
+wait "$p1"; wait "$p2"
 
 # 2. Priors on the frozen VQ-VAEs' codes (same slice pipeline and augmentation), run at the same time.
 MOOD_CACHE="$RUNS/cache/brain" $MOOD train prior --region brain --data "$DATA/brain" \
   --vqvae "$RUNS/brain/vq" --out "$RUNS/brain/full" --steps @BRAIN_PRIOR@ --batch-size 8 --lr 3e-4 \
   --holdout "$BRAIN_HOLDOUT" --device cpu --seed 0 --ckpt-every 25 --log-every 5 --threads 1 --resume &
+p1=$!
 MOOD_CACHE="$RUNS/cache/abdom" $MOOD train prior --region abdom --data "$DATA/abdom" \
-  --vqvae "$RUNS/abdom/vq" --out "$RUNS/abdom/full" --steps @ABDOM_PRIOR@ --batch-size 8 --lr 3e-4 \
+  --vqvae "$RUNS/abdom/vq" --out "$RUNS/abdom/full" --steps 451 --batch-size 8 --lr 3e-4 \
   --holdout "$ABDOM_HOLDOUT" --device cpu --seed 0 --ckpt-every 25 --log-every 5 --threads 1 --resume &
-wait
+p2=$!
+wait "$p1"; wait "$p2"
 
-# 3. Calibration on the holdout volume of each region (folders holding only that file).
-mkdir -p "$RUNS/holdout/brain" "$RUNS/holdout/abdom"
-ln -sf "$(cd "$DATA/brain" && pwd)/$BRAIN_HOLDOUT.nii.gz" "$RUNS/holdout/brain/"
-ln -sf "$(cd "$DATA/abdom" && pwd)/$ABDOM_HOLDOUT.nii.gz" "$RUNS/holdout/abdom/"
-$MOOD calibrate --region brain --data "$RUNS/holdout/brain" --weights "$RUNS/brain/full" \
-  --device cpu --slices @BRAIN_CAL_SLICES@ --restorations @BRAIN_CAL_REST@ --seed 0
-$MOOD calibrate --region abdom --data "$RUNS/holdout/abdom" --weights "$RUNS/abdom/full" \
-  --device cpu --slices @ABDOM_CAL_SLICES@ --restorations @ABDOM_CAL_REST@ --seed 0
-
-# 4. Export with provenance (licences) into weights/<region>, stored as @DTYPE@.
+# 3. Export as float16 (loaded into float32 models; measured effect in each card's notes) with the
+#    training files' licences, into weights/<region>; the hand-written quality notes come from
+#    $RUNS/<region>_notes.json ({"quality": ..., "notes": [...]}) when present.
 python - "$RUNS" <<'PYEOF'
-import sys
+import json, sys
 from pathlib import Path
 import torch
 from mood.train import export_weights
+from mood.weights import read_card
 runs = Path(sys.argv[1])
 LICENCES = {
-    "mni152_2009a_t1_template.nii.gz": "MNI ICBM licence (free use with copyright notice); PyPI nilearn wheel",
+    "mni152_2009a_t1_template.nii.gz": "MNI ICBM licence (free use with copyright notice); from the PyPI nilearn wheel",
     "itk_kmeanstest_t1.nii.gz": "Apache-2.0; Debian insighttoolkit4-examples",
     "spm152_t1_template.nii.gz": "BSD-2 (niivue demo images repository)",
     "mni152_t1_2mm_template.nii.gz": "BSD-2 (niivue demo images repository)",
     "adult_t1_head.nii.gz": "BSD-2 (niivue demo images repository)",
-    "cit168_t1w_brain_template.nii.gz": "CC BY 4.0 (CIT168, via niivue demo images)",
-    "totalseg_torso_ct_3mm.nii.gz": "Apache-2.0 (TotalSegmentator test files)",
-    "totalseg_aorta_ct_1p5mm.nii.gz": "Apache-2.0 (TotalSegmentator test files)",
-    "totalseg_chest_ct_1p5mm.nii.gz": "Apache-2.0 (TotalSegmentator test files)",
+    "cit168_t1w_brain_template.nii.gz": "CC BY 4.0 (CIT168 template, via niivue demo images)",
+    "totalseg_torso_ct_3mm.nii.gz": "Apache-2.0 (TotalSegmentator repository test files)",
+    "totalseg_aorta_ct_1p5mm.nii.gz": "Apache-2.0 (TotalSegmentator repository test files)",
+    "totalseg_chest_ct_1p5mm.nii.gz": "Apache-2.0 (TotalSegmentator repository test files)",
 }
-NOTES = @NOTES@
 for region in ("brain", "abdom"):
     src = runs / region / "full"
-    from mood.weights import read_card
+    notes_file = runs / f"{region}_notes.json"
+    notes = json.loads(notes_file.read_text()) if notes_file.is_file() else {}
     tr = read_card(src).info["training"]
     files = tr["vqvae"]["train_files"] + tr["vqvae"]["holdout_files"]
-    export_weights(src, Path("weights") / region, dtype=@TORCH_DTYPE@, info={
-        "data_licences": {f: LICENCES[f] for f in files},
-        "notes": NOTES[region],
-    })
+    export_weights(src, Path("weights") / region, dtype=torch.float16, info={
+        "data": {"trained_on": tr["vqvae"]["train_files"],
+                 "holdout_for_loss_and_calibration": tr["vqvae"]["holdout_files"],
+                 "licences": {f: LICENCES[f] for f in files},
+                 "source": "public volumes gathered for this project (../shared/data, see its README)"},
+        **notes})
 PYEOF
+
+# 4. Calibration of the shipped (float16) weights on each region's holdout volume (folders that
+#    hold only that file): lambda_s / lambda_p = 98th / 90th percentile of per-code NLL; score maps.
+mkdir -p "$RUNS/holdout/brain" "$RUNS/holdout/abdom"
+ln -sf "$(cd "$DATA/brain" && pwd)/$BRAIN_HOLDOUT.nii.gz" "$RUNS/holdout/brain/"
+ln -sf "$(cd "$DATA/abdom" && pwd)/$ABDOM_HOLDOUT.nii.gz" "$RUNS/holdout/abdom/"
+$MOOD calibrate --region brain --data "$RUNS/holdout/brain" --weights weights/brain \
+  --device cpu --slices 16 --restorations 5 --seed 0
+$MOOD calibrate --region abdom --data "$RUNS/holdout/abdom" --weights weights/abdom \
+  --device cpu --slices 16 --restorations 5 --seed 0
