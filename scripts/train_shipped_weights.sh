@@ -34,7 +34,7 @@ wait "$p1"; wait "$p2"
 
 # 2. Priors on the frozen VQ-VAEs' codes (same slice pipeline and augmentation), run at the same time.
 MOOD_CACHE="$RUNS/cache/brain" $MOOD train prior --region brain --data "$DATA/brain" \
-  --vqvae "$RUNS/brain/vq" --out "$RUNS/brain/full" --steps @BRAIN_PRIOR@ --batch-size 8 --lr 3e-4 \
+  --vqvae "$RUNS/brain/vq" --out "$RUNS/brain/full" --steps 779 --batch-size 8 --lr 3e-4 \
   --holdout "$BRAIN_HOLDOUT" --device cpu --seed 0 --ckpt-every 25 --log-every 5 --threads 1 --resume &
 p1=$!
 MOOD_CACHE="$RUNS/cache/abdom" $MOOD train prior --region abdom --data "$DATA/abdom" \
