@@ -14,7 +14,7 @@ import torch
 from . import scoring
 from .device import resolve_device
 from .networks import VQVAE, PixelSNAIL, code_nll
-from .restoration import draw_uniforms, restore
+from .restoration import draw_uniforms, restore, unique_states
 from .slicing import SliceGrid, extract_slices, normalise, slice_grid, slices_to_volume
 from .weights import Card, WeightsError, default_weights_dir, load_prior, load_vqvae, read_card
 
@@ -94,11 +94,8 @@ class Detector:
         restored = restore(self.prior, codes, s.coord, uniforms, self.card.threshold_pixel)
         flat = restored.flatten(0, 1)  # (S*n, L, L)
         coord = s.coord.repeat_interleave(n, 0)
-        keys = torch.cat([torch.arange(len(codes), device=codes.device).repeat_interleave(n)[:, None],
-                          flat.flatten(1)], dim=1)
-        unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
-        first = torch.empty(len(unique), dtype=torch.long, device=codes.device)
-        first.scatter_(0, inverse.flip(0), torch.arange(len(flat), device=codes.device).flip(0))
+        slice_of_row = torch.arange(len(codes), device=codes.device).repeat_interleave(n)
+        first, inverse = unique_states(slice_of_row, flat, torch.arange(len(flat), device=codes.device))
         images = torch.cat([self.vqvae.decode_codes(flat[first[i:i + 16]], coord[first[i:i + 16]])
                             for i in range(0, len(first), 16)])
         return images[inverse].view(len(codes), n, *images.shape[1:])

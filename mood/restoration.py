@@ -56,7 +56,7 @@ def restore_reference(prior: PixelSNAIL, codes: torch.Tensor, coord: torch.Tenso
     return rows.view(s, n, h, w)
 
 
-def _unique_states(slice_of_row: torch.Tensor, rows: torch.Tensor, todo: torch.Tensor):
+def unique_states(slice_of_row: torch.Tensor, rows: torch.Tensor, todo: torch.Tensor):
     """Representatives of the distinct (slice, codes) states among rows ``todo``, and the map back."""
     keys = torch.cat([slice_of_row[todo, None], rows[todo].flatten(1)], dim=1)
     unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
@@ -89,7 +89,7 @@ def restore(prior: PixelSNAIL, codes: torch.Tensor, coord: torch.Tensor, uniform
     columns = torch.arange(w, device=codes.device)
 
     def evaluate(r: int, todo: torch.Tensor) -> torch.Tensor:
-        reps, inverse = _unique_states(slice_of_row, rows, todo)
+        reps, inverse = unique_states(slice_of_row, rows, todo)
         return net.row_logits(r, rows, reps, todo, inverse)[inverse]  # (m, K, L)
 
     for r in range(h):
@@ -111,6 +111,6 @@ def restore(prior: PixelSNAIL, codes: torch.Tensor, coord: torch.Tensor, uniform
             if bool((hit & ~again).any()):
                 evaluate(r, todo[hit & ~again])
             todo = todo[again]
-        reps, inverse = _unique_states(slice_of_row, rows, everyone)
+        reps, inverse = unique_states(slice_of_row, rows, everyone)
         net.finish_row(r, reps, everyone, inverse)
     return rows.view(s, n, h, w)
