@@ -43,6 +43,10 @@ def _scoring_arguments(p: argparse.ArgumentParser, pixel: bool) -> None:
     p.add_argument("--restorations", type=_positive_int, default=15,
                    help="restorations per slice; more lowers variance, costs time (default: 15)"
                    if pixel else "ignored (accepted so that one argument list serves both tasks)")
+    p.add_argument("--method", choices=("lsr", "reconstruction"), default="lsr",
+                   help="lsr: latent spatial restoration (the product); reconstruction: the plain "
+                        "VQ-VAE baseline, |x - decode(encode(x))| per voxel and its mean per volume, "
+                        "to measure what the prior adds (default: lsr)")
     p.add_argument("--skip-existing", action="store_true",
                    help="leave inputs whose output already exists (resume a large batch)")
     p.add_argument("--max-voxels", type=_positive_int, default=None,
@@ -152,7 +156,8 @@ def _run_predict(args: argparse.Namespace) -> int:
                       weights=args.weights, seed=args.seed,
                       restorations=args.restorations, slices=args.slices,
                       skip_existing=args.skip_existing,
-                      max_voxels=args.max_voxels or DEFAULT_MAX_VOXELS, progress=not args.quiet)
+                      max_voxels=args.max_voxels or DEFAULT_MAX_VOXELS, progress=not args.quiet,
+                      method=args.method)
     print(summary.line(), file=sys.stderr)
     return 0 if summary.ok else 1
 

@@ -16,9 +16,12 @@ from .device import resolve_device
 from .networks import VQVAE, PixelSNAIL, code_nll
 from .restoration import draw_uniforms, restore, unique_states
 from .slicing import SliceGrid, extract_slices, normalise, slice_grid, slices_to_volume
-from .weights import Card, WeightsError, default_weights_dir, load_prior, load_vqvae, read_card
+from .weights import Card, ScoreMap, WeightsError, default_weights_dir, load_prior, load_vqvae, read_card
 
 DEFAULT_RESTORATIONS = 15
+METHODS = ("lsr", "reconstruction")
+#: The baseline is not calibrated: any strictly increasing map into [0, 1) leaves its AP unchanged.
+BASELINE_MAP = ScoreMap(1.0)
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,14 @@ class Detector:
                             for i in range(0, len(first), 16)])
         return images[inverse].view(len(codes), n, *images.shape[1:])
 
+    @torch.no_grad()
+    def reconstruction_error(self, s: Slices) -> torch.Tensor:
+        """``|x - decode(encode(x))|`` (S, size, size): the plain VQ-VAE baseline, no prior."""
+        codes = self.encode(s)
+        rec = torch.cat([self.vqvae.decode_codes(codes[i:i + 16], s.coord[i:i + 16])
+                         for i in range(0, len(codes), 16)])
+        return (s.x - rec).abs()
+
     # -- scores ---------------------------------------------------------------------------
     def sample_raw(self, volume: np.ndarray | torch.Tensor, n_slices: int | None = None) -> float:
         s = self.slices(volume, n_slices)
@@ -121,3 +132,13 @@ class Detector:
         """Voxel scores in [0, 1) on the input's grid (a0, a1, a2), float32, Fortran order."""
         raw, grid = self.pixel_raw(volume, n_slices, restorations, seed)
         return slices_to_volume(self.card.pixel_map(raw), grid)
+
+    def baseline_sample(self, volume: np.ndarray | torch.Tensor, n_slices: int | None = None) -> float:
+        """Reconstruction-error baseline: the mean error over the scored slices, mapped into [0, 1)."""
+        err = self.reconstruction_error(self.slices(volume, n_slices))
+        return float(BASELINE_MAP(err.double().mean()))
+
+    def baseline_pixel(self, volume: np.ndarray | torch.Tensor, n_slices: int | None = None) -> np.ndarray:
+        """Reconstruction-error baseline: the voxel error on the input's grid, mapped into [0, 1)."""
+        s = self.slices(volume, n_slices)
+        return slices_to_volume(BASELINE_MAP(self.reconstruction_error(s)), s.grid)

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .config import CHALLENGE_SHAPES, REGIONS
-from .detector import DEFAULT_RESTORATIONS, Detector
+from .detector import DEFAULT_RESTORATIONS, METHODS, Detector
 from .volume_io import (DEFAULT_MAX_VOXELS, InputError, is_nifti_name, list_inputs, load_volume,
                         output_path, remove_stale_temporaries, round_to_float16_, write_scores_nifti,
                         write_text)
@@ -87,14 +87,17 @@ def predict(task: str, input: str | Path, output: str | Path, *, region: str = "
             device: str = "auto", weights: str | Path | None = None, seed: int = 0,
             restorations: int = DEFAULT_RESTORATIONS, slices: int | None = None,
             skip_existing: bool = False, max_voxels: int = DEFAULT_MAX_VOXELS,
-            progress: bool = True) -> RunSummary:
+            progress: bool = True, method: str = "lsr") -> RunSummary:
     """Score every NIfTI volume in ``input`` (a folder or one file) into ``output``.
 
     ``sample`` writes ``<name>.txt`` with one score in [0, 1); ``pixel`` writes ``<name>``, a NIfTI
-    of the input's shape and affine with voxel scores in [0, 1).
+    of the input's shape and affine with voxel scores in [0, 1). ``method="reconstruction"`` scores
+    with the VQ-VAE's reconstruction error instead (the baseline that shows what the prior adds).
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, not {task!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     if region != "auto" and region not in REGIONS:
         raise ValueError(f"region must be auto or one of {REGIONS}, not {region!r}")
     if restorations < 1:
@@ -136,11 +139,13 @@ def predict(task: str, input: str | Path, output: str | Path, *, region: str = "
             if isinstance(det, WeightsError):
                 raise det
             if task == "sample":
-                score = det.score_sample(volume.data, slices)
+                score = (det.score_sample(volume.data, slices) if method == "lsr"
+                         else det.baseline_sample(volume.data, slices))
                 _check_scores(score)
                 write_text(out, f"{score!r}\n")
             else:
-                scores = det.score_pixel(volume.data, slices, restorations, seed)
+                scores = (det.score_pixel(volume.data, slices, restorations, seed) if method == "lsr"
+                          else det.baseline_pixel(volume.data, slices))
                 _check_scores(scores)
                 write_scores_nifti(out, round_to_float16_(scores), volume)
             summary.scored.append(name)

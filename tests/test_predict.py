@@ -6,6 +6,7 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from mood.cli import main
 from mood.detector import Detector
@@ -134,3 +135,26 @@ def test_no_stray_files(case_dir, tmp_path, tiny_weights):
     out = tmp_path / "out"
     predict("pixel", case_dir, out, region="brain", weights=tiny_weights, restorations=1, progress=False)
     assert all(not n.startswith(".") for n in os.listdir(out))
+
+
+def test_reconstruction_baseline(case_dir, tmp_path, tiny_weights):
+    """--method reconstruction: |x - VQVAE(x)| on the slices, its mean per volume, mapped into [0, 1)."""
+    det = Detector.load("brain", tiny_weights, device="cpu")
+    vol = np.asarray(nib.load(str(case_dir / "a.nii.gz")).dataobj, dtype=np.float32)
+    s = det.slices(vol)
+    with torch.no_grad():
+        forward = det.vqvae(s.x, s.coord)[0]  # the training forward pass, straight-through latents
+    err = (s.x - forward.reshape(s.x.shape)).abs()
+    assert torch.allclose(det.reconstruction_error(s), err, atol=1e-5)
+    mean = float(err.double().mean())
+    assert det.baseline_sample(vol) == pytest.approx(mean / (mean + 1), rel=1e-5)
+
+    out = tmp_path / "out"
+    for task in ("sample", "pixel"):
+        assert main([task, "-i", str(case_dir), "-o", str(out / task), "--region", "brain",
+                     "--weights", str(tiny_weights), "--method", "reconstruction", "-q"]) == 1
+    assert float((out / "sample" / "a.nii.gz.txt").read_text()) == pytest.approx(mean / (mean + 1), rel=1e-5)
+    pred = nib.load(str(out / "pixel" / "a.nii.gz")).get_fdata(dtype=np.float32)
+    expected = slices_to_volume(err / (err + 1), s.grid)
+    assert pred.shape == vol.shape and 0 <= pred.min() and pred.max() < 1
+    assert np.allclose(pred, expected, atol=1e-3)  # stored at float16 precision
