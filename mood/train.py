@@ -40,7 +40,7 @@ from .augment import AugmentConfig, augment, region_augment_config
 from .config import RegionConfig, region_preset, tiny_preset
 from .networks import VQVAE, PixelSNAIL, vq_losses
 from .training_data import SliceBank, fixed_batch, load_banks, sample_batch, split_files
-from .weights import Card, load_vqvae, read_card, save_models
+from .weights import Card, load_prior, load_vqvae, read_card, save_models
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,8 +296,13 @@ def _loop(*, kind: str, region: str, data: Path, out: Path, settings: TrainSetti
           init: Callable[[list[SliceBank], Dist], None],
           step_fn: Callable[..., dict[str, float]], evaluate: Callable[..., dict[str, float]],
           export: Callable[[dict[str, Any]], None], cache_dir: Path | None,
-          volume_shape: tuple[int, int, int] | None) -> Path:
-    """The loop both models share: data, DDP, optimiser, resume, log, checkpoints, signals."""
+          volume_shape: tuple[int, int, int] | None, select: str) -> Path:
+    """The loop both models share: data, DDP, optimiser, resume, log, checkpoints, signals.
+
+    Every checkpoint is resumable (latest state); the weights in ``out`` are exported only when the
+    holdout metric ``select`` (lower is better) improves, so ``out`` holds the best checkpoint by
+    holdout loss. Without a holdout every checkpoint is exported.
+    """
     if threads:
         torch.set_num_threads(threads)
     d = setup_distributed(device)
@@ -318,6 +323,7 @@ def _loop(*, kind: str, region: str, data: Path, out: Path, settings: TrainSetti
         model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
     step, elapsed = 0, 0.0
+    best: dict[str, Any] = {}  # {"step": ..., select: ...} of the exported checkpoint
     resumed = resume and (ckpt / "state.json").is_file()
     if resumed:
         state = load_checkpoint(ckpt, model, opt)
@@ -325,6 +331,7 @@ def _loop(*, kind: str, region: str, data: Path, out: Path, settings: TrainSetti
             raise ValueError(f"{ckpt}: checkpoint was trained with another architecture "
                              f"(tiny={state['settings'].get('tiny')}); use the same settings")
         step, elapsed = int(state["step"]), float(state["elapsed_s"])
+        best = state.get("best", {})
         model.to(d.device)
     else:
         init(train_banks, d)
@@ -340,16 +347,23 @@ def _loop(*, kind: str, region: str, data: Path, out: Path, settings: TrainSetti
     last: dict[str, Any] = {}
 
     def checkpoint(final: bool = False) -> None:
-        nonlocal last
+        nonlocal last, best
         if not d.master:
             return
         metrics = evaluate(model, eval_x, d) if eval_x is not None else {}
         last = {**last, **{f"holdout_{k}": v for k, v in metrics.items()}}
+        improved = select not in metrics or not best or metrics[select] < best[select]
+        if improved:
+            best = {"step": step, **({select: metrics[select]} if select in metrics else {})}
         _log(log_path, _round({"step": step, "event": "final" if final else "checkpoint",
-                               "elapsed_s": elapsed, **{f"holdout_{k}": v for k, v in metrics.items()}}))
+                               "elapsed_s": elapsed, **{f"holdout_{k}": v for k, v in metrics.items()},
+                               "exported": improved}))
         save_checkpoint(ckpt, model, opt, {"step": step, "elapsed_s": elapsed, "config": config.to_dict(),
-                                           "settings": {**asdict(settings), "tiny": run["tiny"]}})
-        export({**run, "steps": step, "elapsed_s": round(elapsed, 1), "last": _round(last)})
+                                           "settings": {**asdict(settings), "tiny": run["tiny"]},
+                                           "best": best})
+        if improved:
+            export({**run, "steps": step, "elapsed_s": round(elapsed, 1), "last": _round(last),
+                    "selected_by": f"lowest holdout {select}" if select in metrics else "last step"})
 
     bar = tqdm(total=settings.steps, initial=step, desc=f"{region} {kind}", disable=not d.master,
                mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
@@ -402,11 +416,12 @@ def train_vqvae(region: str, data: Path, out: Path, *, steps: int, batch_size: i
                 device: str = "auto", seed: int = 0, ckpt_every: int = 100, log_every: int = 10,
                 threads: int | None = None, cache_dir: Path | None = None,
                 volume_shape: tuple[int, int, int] | None = None, time_limit: float | None = None,
-                settings: TrainSettings | None = None) -> Path:
+                settings: TrainSettings | None = None, init_from: Path | None = None) -> Path:
     """Train the slice VQ-VAE of ``region`` on the volumes in ``data``; returns the weights dir ``out``.
 
-    ``out`` receives ``card.json`` + ``vqvae-*.safetensors`` at every checkpoint and at the end,
-    and ``train/vqvae/`` with the resumable checkpoint and ``log.jsonl``.
+    ``out`` receives ``card.json`` + ``vqvae-*.safetensors`` whenever the holdout loss improves,
+    and ``train/vqvae/`` with the resumable checkpoint and ``log.jsonl``. ``init_from``: a weights
+    folder to start from (fine-tuning; fresh optimiser) instead of a k-means-initialised codebook.
     """
     config = _config_for(region, tiny)
     settings = replace(settings or TrainSettings(), steps=steps, batch_size=batch_size, lr=lr, seed=seed,
@@ -420,6 +435,9 @@ def train_vqvae(region: str, data: Path, out: Path, *, steps: int, batch_size: i
 
     def init(banks: list[SliceBank], d: Dist) -> None:
         """Data-based codebook: k-means on encoder outputs of a few training batches."""
+        if init_from is not None:
+            model.load_state_dict(load_vqvae(init_from, _init_card(init_from, config)).state_dict())
+            return
         gen = torch.Generator().manual_seed(seed + 12345)
         feats = []
         model.train()
@@ -456,13 +474,15 @@ def train_vqvae(region: str, data: Path, out: Path, *, steps: int, batch_size: i
                 "reseeded": reseeded, "reseeded_total": state["reseeded"]}
 
     def export(info: dict[str, Any]) -> None:
+        if init_from is not None:
+            info = {**info, "init_from": _init_note(init_from, "vqvae")}
         card = Card(config=config, info={"training": {"vqvae": {**info, "codebook": CODEBOOK_REMEDY}}})
         save_models(out, card, model, None)
 
     return _loop(kind="vqvae", region=region, data=data, out=out, settings=settings, holdout=holdout,
                  resume=resume, threads=threads, device=device, config=config, model=model, init=init,
                  step_fn=step_fn, evaluate=lambda m, ev, d: evaluate_vqvae(m, ev, d, settings),
-                 export=export, cache_dir=cache_dir, volume_shape=volume_shape)
+                 export=export, cache_dir=cache_dir, volume_shape=volume_shape, select="recon")
 
 
 CODEBOOK_REMEDY = ("data-based initialisation (k-means++ then Lloyd on encoder outputs of the first "
@@ -499,11 +519,13 @@ def train_prior(region: str, data: Path, out: Path, *, vqvae: Path, steps: int, 
                 tiny: bool = False, device: str = "auto", seed: int = 0, ckpt_every: int = 100,
                 log_every: int = 10, threads: int | None = None, cache_dir: Path | None = None,
                 volume_shape: tuple[int, int, int] | None = None, time_limit: float | None = None,
-                settings: TrainSettings | None = None) -> Path:
+                settings: TrainSettings | None = None, init_from: Path | None = None) -> Path:
     """Train the PixelSNAIL prior on the codes of the frozen VQ-VAE in weights dir ``vqvae``.
 
     The architecture comes from ``vqvae``'s card (``tiny`` must agree with it). ``out`` becomes a
-    complete weights directory (both models; calibration reset) plus ``train/prior/``.
+    complete weights directory (both models; calibration reset) plus ``train/prior/``, exported
+    whenever the holdout NLL improves. ``init_from``: a weights folder whose prior to start from
+    (it must have been trained on this VQ-VAE's codes to be of use).
     """
     vq_card = read_card(vqvae)
     config = vq_card.config
@@ -523,7 +545,8 @@ def train_prior(region: str, data: Path, out: Path, *, vqvae: Path, steps: int, 
     vq_info = vq_card.info.get("training", {}).get("vqvae", {})
 
     def init(banks: list[SliceBank], d: Dist) -> None:
-        pass
+        if init_from is not None:
+            model.load_state_dict(load_prior(init_from, _init_card(init_from, config)).state_dict())
 
     def codes_of(x: torch.Tensor, coord: torch.Tensor) -> torch.Tensor:
         vq.eval()
@@ -560,13 +583,30 @@ def train_prior(region: str, data: Path, out: Path, *, vqvae: Path, steps: int, 
         return {"nll": nll / max(n, 1)}
 
     def export(info: dict[str, Any]) -> None:
+        if init_from is not None:
+            info = {**info, "init_from": _init_note(init_from, "prior")}
         card = Card(config=config, info={**vq_card.info,
                                          "training": {"vqvae": vq_info, "prior": {**info, "vqvae_from": str(vqvae)}}})
         save_models(out, card, vq, model)
 
     return _loop(kind="prior", region=region, data=data, out=out, settings=settings, holdout=holdout,
                  resume=resume, threads=threads, device=device, config=config, model=model, init=init,
-                 step_fn=step_fn, evaluate=evaluate, export=export, cache_dir=cache_dir, volume_shape=volume_shape)
+                 step_fn=step_fn, evaluate=evaluate, export=export, cache_dir=cache_dir, volume_shape=volume_shape,
+                 select="nll")
+
+
+def _init_card(init_from: Path, config: RegionConfig) -> Card:
+    card = read_card(init_from)
+    if card.config != config:
+        raise ValueError(f"--init-from {init_from}: its architecture differs from the one being trained")
+    return card
+
+
+def _init_note(init_from: Path, kind: str) -> dict[str, Any]:
+    """Where a fine-tuned model started: the folder and that model's own training record."""
+    earlier = read_card(init_from).info.get("training", {}).get(kind, {})
+    return {"weights": str(init_from), "steps": earlier.get("steps"),
+            "init_from": earlier.get("init_from")}
 
 
 def _default_cache(out: Path) -> Path:

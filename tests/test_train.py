@@ -187,8 +187,14 @@ def test_vqvae_and_prior_train_resume_and_load(heads, tmp_path):
     load_vqvae(out)
     card = read_card(out)
     info = card.info["training"]["vqvae"]
-    assert info["steps"] == 20 and info["train_files"] == ["head0.nii.gz", "head1.nii.gz"]
+    assert info["train_files"] == ["head0.nii.gz", "head1.nii.gz"]
     assert info["holdout_files"] == ["head2.nii.gz"]
+    # the weights are those of the checkpoint with the lowest holdout loss so far, at every point
+    ckpts = [r for r in _log(out, "vqvae") if r.get("event")]
+    running = np.minimum.accumulate([r["holdout_recon"] for r in ckpts])
+    assert [r["exported"] for r in ckpts] == [True] + list(running[1:] < running[:-1])
+    assert info["steps"] == [r["step"] for r in ckpts if r["exported"]][-1]
+    assert info["selected_by"] == "lowest holdout recon"
 
     # an existing run is never silently overwritten; resume continues the step count and the log
     with pytest.raises(ValueError, match="resume"):
@@ -208,11 +214,31 @@ def test_vqvae_and_prior_train_resume_and_load(heads, tmp_path):
     load_vqvae(pout)
     load_prior(pout)
     pcard = read_card(pout)
-    assert pcard.info["training"]["prior"]["steps"] == 12
-    assert pcard.info["training"]["vqvae"]["steps"] == 23
+    pckpts = [r for r in _log(pout, "prior") if r.get("event")]
+    assert pcard.info["training"]["prior"]["steps"] == [r["step"] for r in pckpts if r["exported"]][-1]
+    assert pcard.info["training"]["vqvae"]["steps"] == read_card(out).info["training"]["vqvae"]["steps"]
     assert pcard.lambda_s is None  # calibration is reset by training
     with pytest.raises(ValueError, match="tiny"):
         train_prior("brain", heads, tmp_path / "x", vqvae=out, steps=1, **_kw(tmp_path, tiny=False))
+
+
+def test_init_from_starts_from_given_weights(heads, tmp_path):
+    """--init-from loads the given models (lr 0 leaves their parameters as they were; batch-norm
+    statistics move in training mode) and records where from."""
+    start = tmp_path / "start"
+    train_vqvae("brain", heads, start, steps=2, **_kw(tmp_path))
+    train_prior("brain", heads, start / "p", vqvae=start, steps=2, **_kw(tmp_path))
+    vq_out, prior_out = tmp_path / "vq", tmp_path / "prior"
+    train_vqvae("brain", heads, vq_out, steps=1, init_from=start, **_kw(tmp_path, lr=0.0))
+    train_prior("brain", heads, prior_out, vqvae=start, steps=1, init_from=start / "p", **_kw(tmp_path, lr=0.0))
+    for before, after in ((load_vqvae(start), load_vqvae(vq_out)), (load_prior(start / "p"), load_prior(prior_out))):
+        trained = dict(after.named_parameters())
+        for name, a in before.named_parameters():
+            assert torch.equal(a, trained[name]), name
+    note = read_card(prior_out).info["training"]["prior"]["init_from"]
+    assert note["weights"] == str(start / "p") and note["steps"] == 2
+    with pytest.raises(ValueError, match="architecture"):
+        train_vqvae("abdom", heads, tmp_path / "abd", steps=1, init_from=start, **_kw(tmp_path, lr=0.0))
 
 
 def test_sigterm_checkpoints_and_exits(heads, tmp_path):
