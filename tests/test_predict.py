@@ -158,3 +158,16 @@ def test_reconstruction_baseline(case_dir, tmp_path, tiny_weights):
     expected = slices_to_volume(err / (err + 1), s.grid)
     assert pred.shape == vol.shape and 0 <= pred.min() and pred.max() < 1
     assert np.allclose(pred, expected, atol=1e-3)  # stored at float16 precision
+
+
+def test_channels_last_inference_keeps_codes(tiny_weights):
+    """The detector's channels-last VQ-VAE gives the codes of the model in its stored layout."""
+    from mood.weights import load_vqvae
+
+    det = Detector.load("brain", tiny_weights, device="cpu")
+    plain = load_vqvae(tiny_weights / "brain").eval()
+    s = det.slices(head_phantom((48, 40, 24), seed=3))
+    with torch.no_grad():
+        assert torch.equal(det.encode(s), plain.encode(s.x, s.coord).codes)
+        assert torch.allclose(det.vqvae.decode_codes(det.encode(s), s.coord),
+                              plain.decode_codes(det.encode(s), s.coord), atol=1e-5)
