@@ -627,15 +627,10 @@ def init_weights(region: str, out: Path, tiny: bool = False, seed: int = 0) -> P
     return Path(out)
 
 
-
-
-
 def export_weights(src: Path, dst: Path, dtype: torch.dtype = torch.float32,
                    info: dict[str, Any] | None = None) -> Path:
     """Copy a weights directory (card + both models) to ``dst``, stored as ``dtype``; ``info`` is merged
     into the card's ``info``. Shards stay below the size limit of :mod:`mood.weights`."""
-    from .weights import load_prior
-
     card = read_card(src)
     vq, prior = load_vqvae(src, card), load_prior(src, card)
     card.info = {**card.info, **(info or {}), "storage_dtype": str(dtype).replace("torch.", "")}
