@@ -75,6 +75,22 @@ def test_float32_agreement():
     assert (ref == fast).float().mean() > 0.99
 
 
+@pytest.mark.parametrize("region", sorted(CASES))
+def test_restoration_runs_under_bfloat16_autocast(region):
+    """The row-wise caches keep the model's dtype when autocast hands them bfloat16 rows; the
+    result is close to float32 (how close on a GPU is what benchmarks/gpu_check.py reports)."""
+    cfg = CASES[region]
+    prior = random_prior(cfg, torch.float32, seed=7)
+    codes, coord, u = inputs(cfg, 2, 3, seed=17)
+    threshold = float(code_nll(prior(codes, coord), codes).quantile(0.7))
+    fast = restore(prior, codes, coord, u, threshold)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = restore(prior, codes, coord, u, threshold)
+    assert low.shape == fast.shape and low.dtype == fast.dtype
+    assert 0 <= int(low.min()) and int(low.max()) < cfg.n_codes
+    assert (low == fast).float().mean() > 0.5
+
+
 def test_inverse_cdf_sampling_matches_the_distribution():
     logits = torch.tensor([[0.0, 1.0, 2.0, -1.0]])
     probs = logits.softmax(-1)[0]

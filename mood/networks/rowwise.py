@@ -45,7 +45,9 @@ class _Ring:
         return torch.stack(rows, dim=2)
 
     def write(self, idx: torch.Tensor, r: int, row: torch.Tensor) -> None:
-        self.slots[r % _DEPTH].index_copy_(0, idx, row[:, :, 0])
+        # under autocast rows arrive in bfloat16/float16; the ring keeps the model's dtype
+        slot = self.slots[r % _DEPTH]
+        slot.index_copy_(0, idx, row[:, :, 0].to(slot.dtype))
 
 
 def _row_conv(window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kw: int,
@@ -155,13 +157,13 @@ class RowwisePrior:
         v = att.value(self._pointwise_res(att.value_res, key_in).flatten(2).transpose(1, 2))
         R = r // self.ds
         p0, p1 = R * self.wd, (R + 1) * self.wd
-        self.keys[b][targets, p0:p1] = k[inverse]
-        self.values[b][targets, p0:p1] = v[inverse]
+        self.keys[b][targets, p0:p1] = k[inverse].to(self.keys[b].dtype)  # autocast: keep the model's dtype
+        self.values[b][targets, p0:p1] = v[inverse].to(self.values[b].dtype)
         logits = q @ self.keys[b][reps, :p1].transpose(1, 2) / math.sqrt(att.key_size)  # (m, wd, p1)
         earlier = torch.arange(p1, device=q.device).view(1, -1) < torch.arange(p0, p1, device=q.device).view(-1, 1)
         weights = logits.masked_fill(~earlier, float("-inf")).softmax(-1).nan_to_num(0.0)
         out = (weights @ self.values[b][reps, :p1]).transpose(1, 2).unsqueeze(2)  # (m, C, 1, wd)
-        self.attn_row[b][targets] = out[inverse]
+        self.attn_row[b][targets] = out[inverse].to(self.attn_row[b].dtype)
 
     # -- one row of the whole network ---------------------------------------------------------
     # The vertical stacks' row r only feeds rows below it, so evaluating a row's logits needs the
