@@ -6,9 +6,14 @@
    volume held in memory (file I/O excluded), with the shipped weights when present, else
    real-size random models with thresholds at the 90th/98th NLL percentile of the volume.
 Writes a Markdown table to $OUT/gpu_check.md (and JSON beside it).
+
+``--dry-run`` runs the same code on the CPU with small volumes, 4 slices and 2 restorations (a few
+minutes),
+to check the script before spending device time on it.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -26,8 +31,12 @@ from mood.networks import PixelSNAIL, code_nll  # noqa: E402
 from mood.restoration import draw_uniforms, restore, restore_reference  # noqa: E402
 
 
-def agreement(out: dict) -> None:
-    dev = torch.device("cuda")
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def agreement(out: dict, dev: torch.device) -> None:
     for name, cfg in {"brain-like": PriorConfig(n_codes=32, latent_size=10, channels=32, n_blocks=2,
                                                 n_res_blocks=2, key_size=8, dropout=0.0),
                       "abdomen-like": PriorConfig(n_codes=32, latent_size=6, channels=32, n_blocks=2,
@@ -51,58 +60,68 @@ def agreement(out: dict) -> None:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         row["tf32_agreement"] = float((restore(prior, codes, coord, u, thr) == fast).float().mean())
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
             row["bf16_agreement"] = float((restore(prior, codes, coord, u, thr) == fast).float().mean())
         out[name] = row
         print(name, row, flush=True)
 
 
-def timings(out: dict, restorations: int) -> None:
+def timings(out: dict, restorations: int, dev: torch.device, shapes: dict[str, tuple[int, int, int]],
+            n_slices: int | None = None) -> None:
     from mood.train import init_weights
     from mood.weights import read_card, write_card
 
-    for region, shape in SHAPES.items():
+    for region, shape in shapes.items():
         vol = torch.from_numpy(phantom(shape))
         weights = None
         if not (Path("weights") / region / "card.json").is_file():
             weights = Path(os.environ.get("OUT", "/tmp")) / "w"
             init_weights(region, weights / region)
-        det = Detector.load(region, weights, device="cuda")
+        det = Detector.load(region, weights, device=dev.type)
         if weights is not None:
             s = det.slices(vol)
             nll = det.code_nll(det.encode(s), s.coord).flatten().double()
             card = read_card(weights / region)
             card.lambda_p, card.lambda_s = float(nll.quantile(0.9)), float(nll.quantile(0.98))
             write_card(weights / region, card)
-            det = Detector.load(region, weights, device="cuda")
+            det = Detector.load(region, weights, device=dev.type)
         row = {"weights": "shipped" if weights is None else "random real-size"}
         for task in ("sample", "pixel"):
-            det.score_sample(vol) if task == "sample" else det.score_pixel(vol, restorations=1)  # warm-up
-            torch.cuda.synchronize()
+            det.score_sample(vol, n_slices) if task == "sample" else det.score_pixel(vol, n_slices, 1)  # warm-up
+            _sync(dev)
             t0 = time.perf_counter()
             if task == "sample":
-                det.score_sample(vol)
+                det.score_sample(vol, n_slices)
             else:
-                det.score_pixel(vol, restorations=restorations)
-            torch.cuda.synchronize()
+                det.score_pixel(vol, n_slices, restorations)
+            _sync(dev)
             row[f"{task}_s"] = time.perf_counter() - t0
-        row["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        row["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else float("nan")
         out[region] = row
         print(region, row, flush=True)
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dry-run", action="store_true", help="CPU, small volumes, 4 slices, 2 restorations")
+    args = ap.parse_args()
     out_dir = Path(os.environ.get("OUT", "."))
-    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
-    agreement(result.setdefault("agreement", {}))
-    timings(result.setdefault("times", {}), restorations=15)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dev = torch.device("cpu" if args.dry_run else "cuda")
+    shapes = {"brain": (64, 64, 48), "abdom": (96, 96, 64)} if args.dry_run else SHAPES
+    restorations = 2 if args.dry_run else 15
+    result = {"gpu": "dry run on the CPU" if args.dry_run else torch.cuda.get_device_name(),
+              "torch": torch.__version__}
+    agreement(result.setdefault("agreement", {}), dev)
+    timings(result.setdefault("times", {}), restorations, dev, shapes, 4 if args.dry_run else None)
     (out_dir / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"GPU: {result['gpu']}, torch {result['torch']}", "",
              "| prior | fp32 identical | fp32 agreement | TF32 agreement | bf16 autocast agreement |",
              "|---|---|---|---|---|"]
     lines += [f"| {k} | {v['float32_identical']} | {v['float32_agreement']:.4f} | {v['tf32_agreement']:.4f} "
               f"| {v['bf16_agreement']:.4f} |" for k, v in result["agreement"].items()]
-    lines += ["", "| region | weights | sample s | pixel s (15 restorations) | peak GPU MB |", "|---|---|---|---|---|"]
+    lines += ["", f"| region | weights | sample s | pixel s ({restorations} restorations) | peak GPU MB |",
+              "|---|---|---|---|---|"]
     lines += [f"| {k} | {v['weights']} | {v['sample_s']:.2f} | {v['pixel_s']:.2f} | {v['peak_gpu_mb']:.0f} |"
               for k, v in result["times"].items()]
     (out_dir / "gpu_check.md").write_text("\n".join(lines) + "\n")

@@ -5,6 +5,7 @@
 # It installs what the machine lacks (nibabel, safetensors, tqdm, scipy; carried as wheels in
 # .whl/ when pip cannot reach an index), then runs benchmarks/gpu_check.py, which writes
 # $OUT/gpu_check.md and $OUT/gpu_check.json. Commit the table into benchmarks/RESULTS.md.
+# Before spending device time, run the same code on the CPU: python benchmarks/gpu_check.py --dry-run
 set -eu
 OUT="${OUT:-$PWD/gpu-out}"
 mkdir -p "$OUT"
