@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, field
+from itertools import zip_longest
 from pathlib import Path
 
 import nibabel as nib
@@ -119,6 +120,18 @@ def _check_args(count: int, normal_fraction: float, region: str | None,
         raise ValueError(f"anomaly kinds {unknown or '(none)'}: expected some of {', '.join(KINDS)}")
 
 
+def _normal_cases(count: int, n_normal: int, n_sources: int, rng: np.random.Generator) -> set[int]:
+    """Indices of the normal cases, taken from the sources in turn (case i uses source i % n_sources).
+
+    Each source then has normals as far as ``n_normal`` allows: sources differ more from each other
+    than an anomaly changes a volume, so a sample-level AP over cases whose normals all came from one
+    source would rank sources, not anomalies.
+    """
+    per_source = [rng.permutation(np.arange(s, count, n_sources)).tolist() for s in range(n_sources)]
+    in_turn = [i for cases in zip_longest(*per_source) for i in cases if i is not None]
+    return set(in_turn[:n_normal])
+
+
 def make_toy(input: Path, output: Path, count: int, seed: int, region: str | None = None,
              normal_fraction: float = 0.25, size: tuple[int, int, int] | None = None,
              kinds: tuple[str, ...] = KINDS) -> ToySummary:
@@ -131,7 +144,8 @@ def make_toy(input: Path, output: Path, count: int, seed: int, region: str | Non
         seed: the set is a pure function of the inputs, ``seed`` and the other arguments.
         region: ``"brain"`` or ``"abdom"``; default from the inputs' shape when they already are
             in challenge form, otherwise required.
-        normal_fraction: share of untouched normal cases (rounded; chosen at random positions).
+        normal_fraction: share of untouched normal cases (rounded; at random positions, spread
+            over the sources in turn).
         size: write volumes of this shape (a0, a1, a2) instead of the region's challenge shape.
         kinds: anomaly kinds, used in turn by the anomalous cases (shuffled start).
 
@@ -154,7 +168,7 @@ def make_toy(input: Path, output: Path, count: int, seed: int, region: str | Non
 
     plan_rng = np.random.default_rng([seed, 2**31 - 1])
     n_normal = int(round(count * normal_fraction))
-    normal_idx = set(plan_rng.permutation(count)[:n_normal].tolist())
+    normal_idx = _normal_cases(count, n_normal, len(sources), plan_rng)
     offset = int(plan_rng.integers(len(kinds)))
     plan: list[tuple[int, str | None]] = []
     j = 0

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mood.anomalies import KINDS
-from mood.toy import MANIFEST, make_toy
+from mood.toy import MANIFEST, _normal_cases, make_toy
 
 SIZE = (24, 24, 24)
 
@@ -55,6 +55,17 @@ def test_layout_labels_and_kinds(tmp_path):
     kinds = [c.kind for c in summary.cases if c.kind is not None]
     start = KINDS.index(kinds[0])
     assert kinds == [KINDS[(start + j) % len(KINDS)] for j in range(len(kinds))]
+
+
+@pytest.mark.parametrize("count, n_sources, n_normal", [(12, 2, 3), (12, 3, 3), (7, 3, 2), (5, 1, 2), (4, 4, 4)])
+def test_normals_are_spread_over_the_sources(count, n_sources, n_normal):
+    """Case i uses source i % n_sources; normals go to the sources in turn, at random positions."""
+    picked = [_normal_cases(count, n_normal, n_sources, np.random.default_rng([seed, 1])) for seed in range(20)]
+    for normals in picked:
+        assert len(normals) == n_normal and all(0 <= i < count for i in normals)
+        per_source = np.bincount([i % n_sources for i in normals], minlength=n_sources)
+        assert per_source.max() - per_source.min() <= 1
+    assert len({tuple(sorted(n)) for n in picked}) > 1 or n_normal == count  # positions vary with the seed
 
 
 def test_pixel_label_is_where_the_case_differs_from_its_normal(tmp_path):
