@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Measure a region's weights on held-out volumes, next to the reconstruction-error baseline.
+
+Builds a toy set with ``mood make-toy`` from normal volumes that did not train the weights, scores
+it twice through the package's command line, exactly as the challenge's metric reads outputs:
+
+* ``lsr``: the product (``python -m mood sample|pixel``);
+* ``reconstruction``: the plain VQ-VAE baseline of the same weights (``--method reconstruction``:
+  ``|x - decode(encode(x))|`` per voxel, its mean per volume),
+
+and writes a JSON report, one picture per method of the anomalous case with the largest anomaly,
+and (``--card``) the numbers into the weights card under ``info.validation.held_out``.
+
+    python scripts/validate_weights.py --region brain --weights weights/brain \\
+        --sources ../shared/data/eval_only/rorden_t1.nii.gz ../shared/data/eval_only/icbm2009asym_t1_template.nii.gz \\
+        --count 10 --work runs/validation --threads 2 --card --picture-dir docs/weights
+
+The toy set is reused when ``--work`` already holds one made with the same arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from mood.show import show  # noqa: E402
+from mood.toy import MANIFEST, make_toy  # noqa: E402
+from mood.validate import validate  # noqa: E402
+from mood.weights import read_card, write_card  # noqa: E402
+
+METHODS = ("lsr", "reconstruction")
+METRICS = ("ap", "auroc", "best_dice")
+
+
+def toy_set(region: str, sources: list[Path], work: Path, count: int, seed: int,
+            size: tuple[int, int, int] | None = None) -> Path:
+    """``work/toy/<region>`` made from ``sources`` (symlinked into one folder), reused if identical."""
+    data = work / "toy"
+    region_dir = data / region
+    manifest = region_dir / MANIFEST
+    wanted = {"inputs": sorted(p.name for p in sources), "count": count, "seed": seed,
+              "shape": list(size) if size else None}
+    if manifest.is_file():
+        have = json.loads(manifest.read_text())
+        have["inputs"] = sorted(have["inputs"])
+        if {**{k: have.get(k) for k in wanted}, "shape": have["shape"] if size else None} == wanted:
+            return data
+        shutil.rmtree(region_dir)
+    src = work / "sources" / region
+    if src.exists():
+        shutil.rmtree(src)
+    src.mkdir(parents=True)
+    for p in sources:
+        (src / p.name).symlink_to(p.resolve())
+    make_toy(src, region_dir, count=count, seed=seed, region=region, size=size)
+    return data
+
+
+def compact_png(src: Path, dst: Path) -> None:
+    """Copy a picture as a 256-colour PNG: a fifth of the size, the same look (for the repository)."""
+    from PIL import Image
+
+    Image.open(src).convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE,
+                                            dither=Image.Dither.NONE).save(dst, optimize=True)
+
+
+def largest_anomaly(region_dir: Path) -> str:
+    cases = json.loads((region_dir / MANIFEST).read_text())["cases"]
+    return max(cases, key=lambda name: cases[name]["n_changed"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--region", required=True, choices=("brain", "abdom"))
+    ap.add_argument("--weights", required=True, type=Path, help="the region's weights folder")
+    ap.add_argument("--sources", required=True, nargs="+", type=Path,
+                    help="normal volumes that did not train the weights (any grid)")
+    ap.add_argument("--count", type=int, default=10, help="toy cases (a quarter of them normal)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--restorations", type=int, default=15)
+    ap.add_argument("--size", type=int, nargs=3, default=None, metavar=("A0", "A1", "A2"),
+                    help="toy volumes of this shape instead of the region's challenge shape (quick runs)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    ap.add_argument("--work", type=Path, default=Path("runs/validation"))
+    ap.add_argument("--card", action="store_true", help="write the numbers into the weights card")
+    ap.add_argument("--picture-dir", type=Path, default=None,
+                    help="also copy the two pictures here (e.g. docs/weights)")
+    args = ap.parse_args()
+
+    card = read_card(args.weights)
+    trained_on = set(card.info.get("training", {}).get("vqvae", {}).get("train_files", []))
+    trained_on |= set(card.info.get("training", {}).get("prior", {}).get("train_files", []))
+    leaked = sorted(p.name for p in args.sources if p.name in trained_on)
+    if leaked:
+        ap.error(f"these sources trained the weights: {', '.join(leaked)}")
+
+    start = time.perf_counter()
+    data = toy_set(args.region, args.sources, args.work, args.count, args.seed,
+                   tuple(args.size) if args.size else None)
+    region_dir = data / args.region
+    common = ["--weights", str(args.weights.resolve()), "--restorations", str(args.restorations)]
+    if args.threads:
+        common += ["--threads", str(args.threads)]
+
+    report: dict = {"region": args.region, "weights": str(args.weights), "sources": [p.name for p in args.sources],
+                    "count": args.count, "seed": args.seed, "restorations": args.restorations,
+                    "cases": json.loads((region_dir / MANIFEST).read_text())["cases"], "methods": {}}
+    case = largest_anomaly(region_dir)
+    pictures = {}
+    for method in args.methods:
+        pred_root = args.work / "pred" / method
+        result = validate(data, regions=[args.region], workdir=pred_root,
+                          extra_args=[*common, "--method", method])
+        report["methods"][method] = {row["task"]: {k: row[k] for k in (*METRICS, "n_cases", "n_missing", "seconds")}
+                                     for row in result["results"]}
+        png = args.work / f"{args.region}_{method}_{case.split('.nii')[0]}.png"
+        manifest_case = report["cases"][case]
+        show(region_dir / "toy" / case, png, scores=pred_root / args.region / "pixel" / case,
+             label=region_dir / "toy_label" / "pixel" / case,
+             title=f"{args.region} {method}: {case} ({manifest_case['kind']} in {manifest_case['source']})")
+        pictures[method] = png
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    out_json = args.work / f"{args.region}_validation.json"
+    out_json.write_text(json.dumps(report, indent=2) + "\n")
+
+    if args.picture_dir is not None:
+        args.picture_dir.mkdir(parents=True, exist_ok=True)
+        for method, png in pictures.items():
+            pictures[method] = args.picture_dir / f"{args.region}_heldout_{method}.png"
+            compact_png(png, pictures[method])
+    kinds = sorted({c["kind"] or "normal" for c in report["cases"].values()})
+    summary = {
+        "command": " ".join(["python scripts/validate_weights.py", *sys.argv[1:]]),
+        "set": f"{args.count} cases from {', '.join(report['sources'])} (make-toy seed {args.seed}; "
+               f"kinds: {', '.join(kinds)}), {args.restorations} restorations",
+        **{method: report["methods"][method] for method in args.methods},
+        "pictures": {m: str(p) for m, p in pictures.items()},
+    }
+    for method in args.methods:
+        for task in summary[method].values():
+            task.pop("seconds", None)
+            task.pop("n_missing", None)
+    if args.card:
+        card.info.setdefault("validation", {})["held_out"] = summary
+        write_card(args.weights, card)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
