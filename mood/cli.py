@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--holdout", nargs="*", default=None, help="file names kept out for the holdout loss")
     p.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the training step: about 20 %% faster VQ-VAE steps on a CPU after "
+                        "a minute of compiling (needs a C++ compiler); worth it for long runs")
     p.add_argument("--init-from", type=Path, default=None, metavar="WEIGHTS",
                    help="start from this weights folder's model (fine-tuning; fresh optimiser), "
                         "e.g. the shipped weights/brain")
@@ -171,7 +174,7 @@ def _run_train(args: argparse.Namespace) -> int:
     common = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, holdout=args.holdout,
                   resume=args.resume, tiny=args.tiny, device=args.device, seed=args.seed,
                   ckpt_every=args.ckpt_every, log_every=args.log_every, threads=args.threads,
-                  time_limit=args.time_limit, init_from=args.init_from)
+                  time_limit=args.time_limit, init_from=args.init_from, compile=args.compile)
     if args.model == "vqvae":
         out = train_vqvae(args.region, args.data, args.out, **common)
     else:

@@ -64,6 +64,9 @@ class TrainSettings:
     log_every: int = 10
     seed: int = 0
     channels_last: bool = True
+    #: torch.compile the training forward pass: on this 2-core CPU the VQ-VAE step took 1.7 s instead
+    #: of 2.1 s after a 60 s compile, the prior 1.6 s instead of 1.7 s after 160 s (batch 8)
+    compile: bool = False
     #: stop (with a checkpoint) after this many seconds of this invocation, whatever ``steps`` says
     time_limit: float | None = None
 
@@ -337,6 +340,8 @@ def _loop(*, kind: str, region: str, data: Path, out: Path, settings: TrainSetti
         init(train_banks, d)
     ddp = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None) \
         if d.enabled else model
+    if settings.compile:
+        ddp = torch.compile(ddp)  # same parameters: checkpoints and evaluation use the plain module
 
     run = {"kind": kind, "region": region, "data": str(data), "settings": asdict(settings),
            "tiny": config.vqvae.channels != region_preset(region).vqvae.channels,
@@ -416,7 +421,8 @@ def train_vqvae(region: str, data: Path, out: Path, *, steps: int, batch_size: i
                 device: str = "auto", seed: int = 0, ckpt_every: int = 100, log_every: int = 10,
                 threads: int | None = None, cache_dir: Path | None = None,
                 volume_shape: tuple[int, int, int] | None = None, time_limit: float | None = None,
-                settings: TrainSettings | None = None, init_from: Path | None = None) -> Path:
+                settings: TrainSettings | None = None, init_from: Path | None = None,
+                compile: bool = False) -> Path:
     """Train the slice VQ-VAE of ``region`` on the volumes in ``data``; returns the weights dir ``out``.
 
     ``out`` receives ``card.json`` + ``vqvae-*.safetensors`` whenever the holdout loss improves,
@@ -425,7 +431,7 @@ def train_vqvae(region: str, data: Path, out: Path, *, steps: int, batch_size: i
     """
     config = _config_for(region, tiny)
     settings = replace(settings or TrainSettings(), steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                       ckpt_every=ckpt_every, log_every=log_every, time_limit=time_limit)
+                       ckpt_every=ckpt_every, log_every=log_every, time_limit=time_limit, compile=compile)
     torch.manual_seed(seed)  # identical initial weights on every process
     model = VQVAE(config.vqvae)
     out = Path(out)
@@ -519,7 +525,8 @@ def train_prior(region: str, data: Path, out: Path, *, vqvae: Path, steps: int, 
                 tiny: bool = False, device: str = "auto", seed: int = 0, ckpt_every: int = 100,
                 log_every: int = 10, threads: int | None = None, cache_dir: Path | None = None,
                 volume_shape: tuple[int, int, int] | None = None, time_limit: float | None = None,
-                settings: TrainSettings | None = None, init_from: Path | None = None) -> Path:
+                settings: TrainSettings | None = None, init_from: Path | None = None,
+                compile: bool = False) -> Path:
     """Train the PixelSNAIL prior on the codes of the frozen VQ-VAE in weights dir ``vqvae``.
 
     The architecture comes from ``vqvae``'s card (``tiny`` must agree with it). ``out`` becomes a
@@ -534,7 +541,7 @@ def train_prior(region: str, data: Path, out: Path, *, vqvae: Path, steps: int, 
     if tiny != (config.vqvae.channels != region_preset(region).vqvae.channels):
         raise ValueError(f"tiny={tiny} disagrees with the VQ-VAE in {vqvae}")
     settings = replace(settings or TrainSettings(), steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                       ckpt_every=ckpt_every, log_every=log_every, time_limit=time_limit)
+                       ckpt_every=ckpt_every, log_every=log_every, time_limit=time_limit, compile=compile)
     torch.manual_seed(seed)
     vq = load_vqvae(vqvae, vq_card)
     for p in vq.parameters():

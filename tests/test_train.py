@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -239,6 +240,22 @@ def test_init_from_starts_from_given_weights(heads, tmp_path):
     assert note["weights"] == str(start / "p") and note["steps"] == 2
     with pytest.raises(ValueError, match="architecture"):
         train_vqvae("abdom", heads, tmp_path / "abd", steps=1, init_from=start, **_kw(tmp_path, lr=0.0))
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_training_matches_eager(heads, tmp_path):
+    """--compile trains the same model: the first step's loss equals eager's, weights are written."""
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    train_prior_args = dict(steps=2, **_kw(tmp_path, ckpt_every=100))
+    vq = tmp_path / "vq"
+    train_vqvae("brain", heads, vq, steps=1, **_kw(tmp_path))
+    train_prior("brain", heads, eager, vqvae=vq, **train_prior_args)
+    train_prior("brain", heads, compiled, vqvae=vq, compile=True, **train_prior_args)
+    first = [[r for r in _log(out, "prior") if "loss" in r][0] for out in (eager, compiled)]
+    assert first[0]["loss"] == pytest.approx(first[1]["loss"], rel=1e-3)
+    assert read_card(compiled).info["training"]["prior"]["settings"]["compile"] is True
+    load_prior(compiled)
 
 
 def test_sigterm_checkpoints_and_exits(heads, tmp_path):
