@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import REGIONS
+from .config import METHODS, REGIONS
 
 EPILOG = """\
 examples:
@@ -43,7 +43,7 @@ def _scoring_arguments(p: argparse.ArgumentParser, pixel: bool) -> None:
     p.add_argument("--restorations", type=_positive_int, default=15,
                    help="restorations per slice; more lowers variance, costs time (default: 15)"
                    if pixel else "ignored (accepted so that one argument list serves both tasks)")
-    p.add_argument("--method", choices=("lsr", "reconstruction"), default="lsr",
+    p.add_argument("--method", choices=METHODS, default="lsr",
                    help="lsr: latent spatial restoration (the product); reconstruction: the plain "
                         "VQ-VAE baseline, |x - decode(encode(x))| per voxel and its mean per volume, "
                         "to measure what the prior adds (default: lsr)")

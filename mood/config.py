@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 REGIONS = ("brain", "abdom")
+#: Scoring methods: latent spatial restoration (the product) and the VQ-VAE reconstruction-error baseline.
+METHODS = ("lsr", "reconstruction")
 
 #: Challenge volume shape per region; ``--region auto`` relies on it.
 CHALLENGE_SHAPES = {"brain": (256, 256, 256), "abdom": (512, 512, 512)}

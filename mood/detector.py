@@ -19,7 +19,6 @@ from .slicing import SliceGrid, extract_slices, normalise, slice_grid, slices_to
 from .weights import Card, ScoreMap, WeightsError, default_weights_dir, load_prior, load_vqvae, read_card
 
 DEFAULT_RESTORATIONS = 15
-METHODS = ("lsr", "reconstruction")
 #: The baseline is not calibrated: any strictly increasing map into [0, 1) leaves its AP unchanged.
 BASELINE_MAP = ScoreMap(1.0)
 
@@ -101,17 +100,19 @@ class Detector:
         coord = s.coord.repeat_interleave(n, 0)
         slice_of_row = torch.arange(len(codes), device=codes.device).repeat_interleave(n)
         first, inverse = unique_states(slice_of_row, flat, torch.arange(len(flat), device=codes.device))
-        images = torch.cat([self.vqvae.decode_codes(flat[first[i:i + 16]], coord[first[i:i + 16]])
-                            for i in range(0, len(first), 16)])
+        images = self.decode(flat[first], coord[first])
         return images[inverse].view(len(codes), n, *images.shape[1:])
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor, coord: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+        """Code maps (N, L, L) -> images (N, size, size), ``chunk`` at a time to bound memory."""
+        return torch.cat([self.vqvae.decode_codes(codes[i:i + chunk], coord[i:i + chunk])
+                          for i in range(0, len(codes), chunk)])
 
     @torch.no_grad()
     def reconstruction_error(self, s: Slices) -> torch.Tensor:
         """``|x - decode(encode(x))|`` (S, size, size): the plain VQ-VAE baseline, no prior."""
-        codes = self.encode(s)
-        rec = torch.cat([self.vqvae.decode_codes(codes[i:i + 16], s.coord[i:i + 16])
-                         for i in range(0, len(codes), 16)])
-        return (s.x - rec).abs()
+        return (s.x - self.decode(self.encode(s), s.coord)).abs()
 
     # -- scores ---------------------------------------------------------------------------
     def sample_raw(self, volume: np.ndarray | torch.Tensor, n_slices: int | None = None) -> float:

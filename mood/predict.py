@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .config import CHALLENGE_SHAPES, REGIONS
-from .detector import DEFAULT_RESTORATIONS, METHODS, Detector
+from .config import CHALLENGE_SHAPES, METHODS, REGIONS
+from .detector import DEFAULT_RESTORATIONS, Detector
 from .volume_io import (DEFAULT_MAX_VOXELS, InputError, is_nifti_name, list_inputs, load_volume,
                         output_path, remove_stale_temporaries, round_to_float16_, write_scores_nifti,
                         write_text)
