@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from mood.config import METHODS  # noqa: E402
+from mood.config import CHALLENGE_SHAPES, METHODS  # noqa: E402
 from mood.show import show  # noqa: E402
 from mood.toy import MANIFEST, make_toy  # noqa: E402
 from mood.validate import validate  # noqa: E402
@@ -44,11 +44,10 @@ def toy_set(region: str, sources: list[Path], work: Path, count: int, seed: int,
     region_dir = data / region
     manifest = region_dir / MANIFEST
     wanted = {"inputs": sorted(p.name for p in sources), "count": count, "seed": seed,
-              "shape": list(size) if size else None}
+              "shape": list(size or CHALLENGE_SHAPES[region])}
     if manifest.is_file():
         have = json.loads(manifest.read_text())
-        have["inputs"] = sorted(have["inputs"])
-        if {**{k: have.get(k) for k in wanted}, "shape": have["shape"] if size else None} == wanted:
+        if {**{k: have.get(k) for k in wanted}, "inputs": sorted(have["inputs"])} == wanted:
             return data
         shutil.rmtree(region_dir)
     src = work / "sources" / region
@@ -69,8 +68,7 @@ def compact_png(src: Path, dst: Path) -> None:
                                             dither=Image.Dither.NONE).save(dst, optimize=True)
 
 
-def largest_anomaly(region_dir: Path) -> str:
-    cases = json.loads((region_dir / MANIFEST).read_text())["cases"]
+def largest_anomaly(cases: dict[str, dict]) -> str:
     return max(cases, key=lambda name: cases[name]["n_changed"])
 
 
@@ -111,7 +109,7 @@ def main() -> int:
     report: dict = {"region": args.region, "weights": str(args.weights), "sources": [p.name for p in args.sources],
                     "count": args.count, "seed": args.seed, "restorations": args.restorations,
                     "cases": json.loads((region_dir / MANIFEST).read_text())["cases"], "methods": {}}
-    case = largest_anomaly(region_dir)
+    case = largest_anomaly(report["cases"])
     pictures = {}
     for method in args.methods:
         pred_root = args.work / "pred" / method
@@ -139,13 +137,10 @@ def main() -> int:
         "command": " ".join(["python scripts/validate_weights.py", *sys.argv[1:]]),
         "set": f"{args.count} cases from {', '.join(report['sources'])} (make-toy seed {args.seed}; "
                f"kinds: {', '.join(kinds)}), {args.restorations} restorations",
-        **{method: report["methods"][method] for method in args.methods},
+        **{method: {task: {k: row[k] for k in (*METRICS, "n_cases")} for task, row in report["methods"][method].items()}
+           for method in args.methods},
         "pictures": {m: str(p) for m, p in pictures.items()},
     }
-    for method in args.methods:
-        for task in summary[method].values():
-            task.pop("seconds", None)
-            task.pop("n_missing", None)
     if args.card:
         card.info.setdefault("validation", {})["held_out"] = summary
         write_card(args.weights, card)
