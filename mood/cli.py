@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this weights folder's model (fine-tuning; fresh optimiser), "
                         "e.g. the shipped weights/brain")
     p.add_argument("--tiny", action="store_true", help="a tiny model of the same structure (smoke runs)")
+    p.add_argument("--width", type=float, default=1.0,
+                   help="(vqvae) scale every VQ-VAE channel count, e.g. 0.5 for a narrower, faster model "
+                        "(default: 1, the original architecture)")
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                   help="learning rate after the warm-up: constant (the original's) or a cosine decay to "
+                        "lr/10 at --steps (default: constant)")
+    p.add_argument("--warmup", type=int, default=0, help="steps of linear learning-rate warm-up (default: 0)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ckpt-every", type=_positive_int, default=100)
@@ -174,10 +181,13 @@ def _run_train(args: argparse.Namespace) -> int:
     common = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, holdout=args.holdout,
                   resume=args.resume, tiny=args.tiny, device=args.device, seed=args.seed,
                   ckpt_every=args.ckpt_every, log_every=args.log_every, threads=args.threads,
-                  time_limit=args.time_limit, init_from=args.init_from, compile=args.compile)
+                  time_limit=args.time_limit, init_from=args.init_from, compile=args.compile,
+                  schedule=args.schedule, warmup=args.warmup)
     if args.model == "vqvae":
-        out = train_vqvae(args.region, args.data, args.out, **common)
+        out = train_vqvae(args.region, args.data, args.out, width=args.width, **common)
     else:
+        if args.width != 1.0:
+            raise ValueError("--width applies to the VQ-VAE; the prior takes its architecture from --vqvae")
         if args.vqvae is None:
             raise ValueError("training the prior needs --vqvae DIR (the trained VQ-VAE's weights)")
         out = train_prior(args.region, args.data, args.out, vqvae=args.vqvae, **common)

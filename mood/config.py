@@ -5,7 +5,7 @@ challenge region; tests build the same classes with tiny channel counts.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 REGIONS = ("brain", "abdom")
@@ -104,6 +104,18 @@ def region_preset(region: str) -> RegionConfig:
     raise ValueError(f"unknown region {region!r}; expected one of {', '.join(REGIONS)}")
 
 
+def narrow(config: RegionConfig, width: float) -> RegionConfig:
+    """``config`` with every VQ-VAE channel count scaled by ``width`` (at least 4); prior unchanged.
+
+    The narrower variants exist to measure, at equal CPU time, whether capacity or training length
+    limits a CPU-trained model; the card stores the result, so the loader needs no variant name.
+    """
+    if width == 1.0:
+        return config
+    channels = tuple(max(4, round(c * width)) for c in config.vqvae.channels)
+    return replace(config, vqvae=replace(config.vqvae, channels=channels))
+
+
 def tiny_preset(region: str = "brain", image_size: int = 64) -> RegionConfig:
     """A small model of the same structure, for tests and smoke runs (seconds on a CPU)."""
     full = region_preset(region)
@@ -118,4 +130,4 @@ def tiny_preset(region: str = "brain", image_size: int = 64) -> RegionConfig:
 
 
 __all__ = ["REGIONS", "CHALLENGE_SHAPES", "VQVAEConfig", "PriorConfig", "RegionConfig",
-           "region_preset", "tiny_preset"]
+           "region_preset", "narrow", "tiny_preset"]

@@ -20,6 +20,7 @@ parameter count are the original's.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -37,7 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .augment import AugmentConfig, augment, region_augment_config
-from .config import RegionConfig, region_preset, tiny_preset
+from .config import RegionConfig, narrow, region_preset, tiny_preset
 from .networks import VQVAE, PixelSNAIL, vq_losses
 from .training_data import SliceBank, fixed_batch, load_banks, sample_batch, split_files
 from .weights import Card, load_prior, load_vqvae, read_card, save_models
@@ -53,6 +54,8 @@ class TrainSettings:
     batch_size: int = 16
     lr: float = 1e-4
     warmup: int = 0
+    #: "constant" (the original's) or "cosine": decay from ``lr`` to ``lr / 10`` over ``steps``
+    schedule: str = "constant"
     grad_clip: float = 1.0  # clip by value, as the original
     commitment: float = 0.25
     kmeans_batches: int = 4
@@ -71,11 +74,17 @@ class TrainSettings:
     time_limit: float | None = None
 
 
-def learning_rate(step: int, base: float, warmup: int) -> float:
-    """Constant learning rate (the original's) after an optional linear warm-up."""
+def learning_rate(step: int, base: float, warmup: int, schedule: str = "constant", steps: int = 0) -> float:
+    """Learning rate at ``step``: an optional linear warm-up, then constant (the original's) or a
+    cosine decay to a tenth of ``base`` at ``steps``."""
     if warmup > 0 and step < warmup:
         return base * (step + 1) / warmup
-    return base
+    if schedule == "constant":
+        return base
+    if schedule == "cosine":
+        t = min(1.0, (step - warmup) / max(1, steps - warmup))
+        return base * (0.1 + 0.45 * (1 + math.cos(math.pi * t)))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}; expected constant or cosine")
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,7 +334,7 @@ def _loop(*, kind: str, region: str, data: Path, out: Path, settings: TrainSetti
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
-    step, elapsed = 0, 0.0
+    step, elapsed, cpu = 0, 0.0, 0.0  # cpu: this process's CPU seconds in steps, over all threads
     best: dict[str, Any] = {}  # {"step": ..., select: ...} of the exported checkpoint
     resumed = resume and (ckpt / "state.json").is_file()
     if resumed:
@@ -333,7 +342,7 @@ def _loop(*, kind: str, region: str, data: Path, out: Path, settings: TrainSetti
         if RegionConfig.from_dict(state["config"]) != config:
             raise ValueError(f"{ckpt}: checkpoint was trained with another architecture "
                              f"(tiny={state['settings'].get('tiny')}); use the same settings")
-        step, elapsed = int(state["step"]), float(state["elapsed_s"])
+        step, elapsed, cpu = int(state["step"]), float(state["elapsed_s"]), float(state.get("cpu_s", 0.0))
         best = state.get("best", {})
         model.to(d.device)
     else:
@@ -361,13 +370,13 @@ def _loop(*, kind: str, region: str, data: Path, out: Path, settings: TrainSetti
         if improved:
             best = {"step": step, **({select: metrics[select]} if select in metrics else {})}
         _log(log_path, _round({"step": step, "event": "final" if final else "checkpoint",
-                               "elapsed_s": elapsed, **{f"holdout_{k}": v for k, v in metrics.items()},
+                               "elapsed_s": elapsed, "cpu_s": cpu, **{f"holdout_{k}": v for k, v in metrics.items()},
                                "exported": improved}))
-        save_checkpoint(ckpt, model, opt, {"step": step, "elapsed_s": elapsed, "config": config.to_dict(),
+        save_checkpoint(ckpt, model, opt, {"step": step, "elapsed_s": elapsed, "cpu_s": cpu, "config": config.to_dict(),
                                            "settings": {**asdict(settings), "tiny": run["tiny"]},
                                            "best": best})
         if improved:
-            export({**run, "steps": step, "elapsed_s": round(elapsed, 1), "last": _round(last),
+            export({**run, "steps": step, "elapsed_s": round(elapsed, 1), "cpu_s": round(cpu, 1), "last": _round(last),
                     "selected_by": f"lowest holdout {select}" if select in metrics else "last step"})
 
     bar = tqdm(total=settings.steps, initial=step, desc=f"{region} {kind}", disable=not d.master,
@@ -377,8 +386,8 @@ def _loop(*, kind: str, region: str, data: Path, out: Path, settings: TrainSetti
     try:
         with _StopFlag() as flag:
             while step < settings.steps and not flag.stop:
-                t0 = time.perf_counter()
-                lr = learning_rate(step, settings.lr, settings.warmup)
+                t0, c0 = time.perf_counter(), time.process_time()
+                lr = learning_rate(step, settings.lr, settings.warmup, settings.schedule, settings.steps)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 gen = _step_generator(settings.seed, d.rank, step)
@@ -388,10 +397,11 @@ def _loop(*, kind: str, region: str, data: Path, out: Path, settings: TrainSetti
                 step += 1
                 dt = time.perf_counter() - t0
                 elapsed += dt
+                cpu += time.process_time() - c0
                 last = {**last, **metrics}
                 if d.master and (step % settings.log_every == 0 or step == 1):
                     _log(log_path, _round({"step": step, "lr": lr, **metrics, "step_s": dt,
-                                           "elapsed_s": elapsed}))
+                                           "elapsed_s": elapsed, "cpu_s": cpu}))
                     bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k in ("loss", "codes_used", "perplexity")})
                 bar.update(1)
                 if step % settings.ckpt_every == 0 and step < settings.steps:
@@ -422,16 +432,19 @@ def train_vqvae(region: str, data: Path, out: Path, *, steps: int, batch_size: i
                 threads: int | None = None, cache_dir: Path | None = None,
                 volume_shape: tuple[int, int, int] | None = None, time_limit: float | None = None,
                 settings: TrainSettings | None = None, init_from: Path | None = None,
-                compile: bool = False) -> Path:
+                compile: bool = False, width: float = 1.0, schedule: str = "constant",
+                warmup: int = 0) -> Path:
     """Train the slice VQ-VAE of ``region`` on the volumes in ``data``; returns the weights dir ``out``.
 
     ``out`` receives ``card.json`` + ``vqvae-*.safetensors`` whenever the holdout loss improves,
     and ``train/vqvae/`` with the resumable checkpoint and ``log.jsonl``. ``init_from``: a weights
     folder to start from (fine-tuning; fresh optimiser) instead of a k-means-initialised codebook.
+    ``width`` scales the VQ-VAE's channels (:func:`mood.config.narrow`).
     """
-    config = _config_for(region, tiny)
+    config = narrow(_config_for(region, tiny), width)
     settings = replace(settings or TrainSettings(), steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                       ckpt_every=ckpt_every, log_every=log_every, time_limit=time_limit, compile=compile)
+                       ckpt_every=ckpt_every, log_every=log_every, time_limit=time_limit, compile=compile,
+                       schedule=schedule, warmup=warmup)
     torch.manual_seed(seed)  # identical initial weights on every process
     model = VQVAE(config.vqvae)
     out = Path(out)
@@ -526,7 +539,7 @@ def train_prior(region: str, data: Path, out: Path, *, vqvae: Path, steps: int, 
                 log_every: int = 10, threads: int | None = None, cache_dir: Path | None = None,
                 volume_shape: tuple[int, int, int] | None = None, time_limit: float | None = None,
                 settings: TrainSettings | None = None, init_from: Path | None = None,
-                compile: bool = False) -> Path:
+                compile: bool = False, schedule: str = "constant", warmup: int = 0) -> Path:
     """Train the PixelSNAIL prior on the codes of the frozen VQ-VAE in weights dir ``vqvae``.
 
     The architecture comes from ``vqvae``'s card (``tiny`` must agree with it). ``out`` becomes a
@@ -538,10 +551,11 @@ def train_prior(region: str, data: Path, out: Path, *, vqvae: Path, steps: int, 
     config = vq_card.config
     if config.region != region:
         raise ValueError(f"{vqvae} holds a {config.region} VQ-VAE, not {region}")
-    if tiny != (config.vqvae.channels != region_preset(region).vqvae.channels):
+    if tiny != (config.prior == tiny_preset(region, config.vqvae.image_size).prior):
         raise ValueError(f"tiny={tiny} disagrees with the VQ-VAE in {vqvae}")
     settings = replace(settings or TrainSettings(), steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                       ckpt_every=ckpt_every, log_every=log_every, time_limit=time_limit, compile=compile)
+                       ckpt_every=ckpt_every, log_every=log_every, time_limit=time_limit, compile=compile,
+                       schedule=schedule, warmup=warmup)
     torch.manual_seed(seed)
     vq = load_vqvae(vqvae, vq_card)
     for p in vq.parameters():

@@ -119,6 +119,12 @@ def test_learning_rate_and_code_stats():
     assert learning_rate(0, 1e-4, 0) == 1e-4
     assert learning_rate(0, 1e-4, 10) == pytest.approx(1e-5)
     assert learning_rate(50, 1e-4, 10) == 1e-4
+    cosine = [learning_rate(i, 1e-4, 10, "cosine", 110) for i in range(0, 111, 10)]
+    assert cosine[0] == pytest.approx(1e-5)  # warm-up first
+    assert cosine[1] == pytest.approx(1e-4) and cosine[-1] == pytest.approx(1e-5)
+    assert all(a > b for a, b in zip(cosine[1:], cosine[2:]))
+    with pytest.raises(ValueError, match="schedule"):
+        learning_rate(5, 1e-4, 0, "step", 10)
     used, ppl = code_stats(torch.tensor([5.0, 5.0, 0.0, 0.0]))
     assert used == 2 and ppl == pytest.approx(2.0)
 
@@ -221,6 +227,23 @@ def test_vqvae_and_prior_train_resume_and_load(heads, tmp_path):
     assert pcard.lambda_s is None  # calibration is reset by training
     with pytest.raises(ValueError, match="tiny"):
         train_prior("brain", heads, tmp_path / "x", vqvae=out, steps=1, **_kw(tmp_path, tiny=False))
+
+
+def test_narrow_vqvae_trains_its_prior_and_loads(heads, tmp_path):
+    """--width builds a narrower VQ-VAE; the card carries it, so the prior and the loader follow it;
+    every log line counts CPU seconds."""
+    from mood.config import narrow
+
+    out = train_vqvae("brain", heads, tmp_path / "vq", steps=2, width=0.5, **_kw(tmp_path))
+    card = read_card(out)
+    assert card.config == narrow(tiny_preset("brain"), 0.5)
+    assert card.config.vqvae.channels != tiny_preset("brain").vqvae.channels
+    assert load_vqvae(out).config.channels == card.config.vqvae.channels
+    pout = train_prior("brain", heads, tmp_path / "p", vqvae=out, steps=2, schedule="cosine", **_kw(tmp_path))
+    assert load_vqvae(pout).config.channels == card.config.vqvae.channels
+    load_prior(pout)
+    steps = [r for r in _log(pout, "prior") if "lr" in r]
+    assert steps and all(r["cpu_s"] > 0 for r in steps)
 
 
 def test_init_from_starts_from_given_weights(heads, tmp_path):
