@@ -51,13 +51,15 @@ RUN pip install --no-cache-dir --no-deps /tmp/mood-src \
 # repository has them (docker/WEIGHTS.txt keeps this step valid when it has none).
 COPY docker/WEIGHTS.txt weight[s] /opt/mood/weights/
 
-# Entry scripts: the entrypoint, the scratch-folder wrapper and the challenge's four scripts; the
-# user; and the mount points (made here so that the engine need not add them to the container).
+# Entry scripts: the entrypoint, the wrapper that runs scoring as the output folder's owner inside
+# a scratch folder, and the challenge's four scripts; and the mount points (made here so that the
+# engine need not add them to the container).  No USER: the container starts as root (or as
+# `docker run --user U:G`) and mood-run drops to the owner of the output folder before anything
+# is read or scored (docs/container.md).
 COPY docker/entrypoint.sh /opt/mood/bin/entrypoint
 COPY docker/mood-run.sh /opt/mood/bin/mood-run
 COPY docker/workspace/ /workspace/
 RUN chmod 0755 /opt/mood/bin/entrypoint /opt/mood/bin/mood-run /workspace/*.sh \
- && useradd --uid 1000 --user-group --create-home --shell /bin/sh mood \
  && mkdir -p /input /output /mnt/data /mnt/pred /weights
 
 # Run time: no bytecode writes, unbuffered logs, no CUDA JIT cache; mood-run points every
@@ -68,7 +70,6 @@ ENV MOOD_WEIGHTS=/opt/mood/weights \
     CUDA_CACHE_DISABLE=1 \
     MPLBACKEND=Agg
 
-USER 1000:1000
 WORKDIR /workspace
 ENTRYPOINT ["/opt/mood/bin/entrypoint"]
 CMD ["--help"]

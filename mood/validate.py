@@ -82,8 +82,7 @@ def run_predictor(task: str, region: str, toy_dir: Path, pred_dir: Path, docker:
         env["PYTHONPATH"] = os.pathsep.join([str(_PACKAGE_ROOT), *filter(None, [env.get("PYTHONPATH")])])
         gpu: list[str] = []
     else:
-        gpu = docker_gpu_args()
-        pred_dir.chmod(0o777)  # the image runs as a non-root user
+        gpu = docker_gpu_args()  # the image runs as pred_dir's owner: no permissions to change
     cmd = predictor_command(task, region, toy_dir, pred_dir, docker, extra_args, gpu)
     log.info("running: %s", " ".join(cmd))
     try:

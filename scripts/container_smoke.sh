@@ -3,15 +3,24 @@
 #
 #   scripts/container_smoke.sh [--chroot ROOTFS] IMAGE
 #
-# Makes small volumes of both regions (explicit --region, so small shapes are fine) plus one
-# garbage file, then runs the image in both call forms:
-#   docker run [--gpus all] -v IN:/input -v OUT:/output IMAGE sample|pixel --region R
-#   docker run [--gpus all] --read-only --network none -v DATA:/mnt/data -v PRED:/mnt/pred \
-#       IMAGE sh /workspace/run_<task>_<region>.sh /mnt/data /mnt/pred      (all four scripts)
+# Makes small volumes of both regions (explicit --region, so small shapes are fine), their toy
+# labels and one garbage file, then runs the image
+#   direct:   docker run [--gpus all] -v IN:/input:ro -v OUT:/output IMAGE sample|pixel --region R
+#             (the brain input holds the garbage file: it must be named, the rest scored, exit 1);
+#   harness:  the MOOD organisers' own test (scripts/test_docker.py of MIC-DKFZ/mood) reproduced:
+#             per task a fresh 0700 temporary folder with OUT/brain and OUT/abdom (mode 0755) made
+#             by the caller, once as root and once as a non-root uid, then per region
+#               docker run [--gpus all] --read-only --network none -v TOY:/mnt/data:ro \
+#                   -v OUT/REGION:/mnt/pred IMAGE sh /workspace/run_TASK_REGION.sh /mnt/data /mnt/pred
+#             and the same call with `--user U:G` by the folder's owner;
+#   refused:  an output folder that nobody the container may become can write (`--user` of another
+#             uid; a read-only mount): one line, exit 1, nothing loaded, nothing written;
 # and checks every output: the exact set of names, values in [0,1], NIfTI shape and affine equal to
-# the input's, the bad file reported with a non-zero exit status while the good ones are scored,
-# inputs untouched, nothing written to the container's own filesystem (`docker diff`), and the same
-# scores from both call forms (same seed).
+# the input's, every file owned by the output folder's owner, every prediction read back by
+# mood.metrics exactly as the challenge's evaluation reads it (none missing, unreadable or of the
+# wrong shape), inputs untouched, nothing written to the container's own filesystem (`docker diff`),
+# and the same scores from every call form (same seed).  Nothing here makes a folder
+# world-writable: the image must cope with folders as the harness makes them.
 #
 # Weights: by default tiny random models made with `mood init-weights --tiny` inside the image,
 # mounted at /weights with MOOD_WEIGHTS=/weights (fast on a CPU).  SMOKE_WEIGHTS=baked uses the
@@ -21,16 +30,18 @@
 # (made by docker/chroot_image.py build) through docker/chroot_image.py run.
 #
 # Environment: SMOKE_WEIGHTS=tiny|baked|DIR, SMOKE_GPUS=auto|yes|no (auto: --gpus all if the engine
-# accepts it), SMOKE_KEEP=1 (keep the work folder), SMOKE_PYTHON (host python with nibabel;
-# default: the repo's .venv, else python3, else the image's own python).
+# accepts it), SMOKE_UID (the non-root owner; default 1234), SMOKE_KEEP=1 (keep the work folders),
+# SMOKE_PYTHON (host python with this repository's requirements; default: the repo's .venv, else
+# python3, else the image's own python).  Needs root, as the harness does (`sudo docker run`).
 set -euo pipefail
+umask 022   # a usual login's: the harness's folders come out 0755
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CHROOT=
 while [[ $# -gt 0 ]]; do
     case $1 in
         --chroot) CHROOT=$2; shift 2 ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
         *) break ;;
     esac
 done
@@ -45,9 +56,14 @@ fail() { echo "smoke: FAIL: $*" >&2; FAILURES=$((FAILURES + 1)); }
 ok() { echo "smoke: ok: $*" >&2; }
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mood-smoke.XXXXXX")
-chmod 0755 "$WORK"
+OTHER=${SMOKE_UID:-1234}
+HARNESS_DIRS=()
 cleanup() {
-    if [[ ${SMOKE_KEEP:-0} = 1 ]]; then log "work folder kept: $WORK"; else rm -rf "$WORK"; fi
+    if [[ ${SMOKE_KEEP:-0} = 1 ]]; then
+        log "work folders kept: $WORK ${HARNESS_DIRS[*]}"
+    else
+        rm -rf "$WORK" "${HARNESS_DIRS[@]}"
+    fi
 }
 trap cleanup EXIT
 
@@ -83,18 +99,24 @@ fi
 # --- host python for making and checking volumes ---------------------------------------------
 PY=()
 for cand in "${SMOKE_PYTHON:-}" "$ROOT/.venv/bin/python" python3; do
-    if [[ -n $cand ]] && "$cand" -c 'import nibabel, numpy' >/dev/null 2>&1; then PY=("$cand"); break; fi
+    if [[ -n $cand ]] && PYTHONPATH=$ROOT "$cand" -c 'import mood.metrics' >/dev/null 2>&1; then
+        PY=(env "PYTHONPATH=$ROOT" "$cand")
+        break
+    fi
 done
 if [[ ${#PY[@]} -eq 0 ]]; then
-    log "no host python with nibabel: using the image's python"
-    PY=(run_image -i --rm --network none --user "$(id -u):$(id -g)" -v "$WORK:$WORK" -- python)
+    log "no host python with this repository's requirements: using the image's python"
+    PY=(run_image -i --rm --network none -v "$WORK:$WORK" -v "${TMPDIR:-/tmp}:${TMPDIR:-/tmp}" -- python)
 fi
 py() { "${PY[@]}" "$@"; }
 
 # --- inputs -------------------------------------------------------------------------------------
-mkdir -p "$WORK/brain" "$WORK/abdom" "$WORK/weights"
+# in/REGION: what the direct form scores (the good volumes; among the brains one garbage file);
+# data/REGION/toy and data/REGION/toy_label/{sample,pixel}: the challenge's toy layout of the good
+# volumes, the second of each region "abnormal" (a bright cube, labelled).
+mkdir -p "$WORK/in/brain" "$WORK/in/abdom" "$WORK/weights"
 cat > "$WORK/make_inputs.py" <<'EOF'
-import sys
+import os, shutil, sys
 import numpy as np, nibabel as nib
 
 work = sys.argv[1]
@@ -117,23 +139,31 @@ cases = {
     "abdom/abdom_000.nii.gz": ((48, 48, 4), (0.8, 0.8, 2.5), (-100.0, 50.0, 7.0)),
     "abdom/abdom_001.nii": ((40, 48, 5), (1.0, 0.9, 2.0), (0.0, 0.0, 0.0)),
 }
-for name, (shape, spacing, origin) in cases.items():
-    nib.save(nib.Nifti1Image(phantom(shape), affine(spacing, origin)), f"{work}/{name}")
-# One bad file among the good brain ones: garbage bytes with a NIfTI name.
-with open(f"{work}/brain/x.nii.gz", "wb") as f:
+for i, (name, (shape, spacing, origin)) in enumerate(cases.items()):
+    region, case = name.split("/")
+    data, label = phantom(shape), np.zeros(shape, np.uint8)
+    if i % 2:
+        label[16:24, 16:24, 1:4] = 1
+        data[label == 1] = 1.0
+    nib.save(nib.Nifti1Image(data, affine(spacing, origin)), f"{work}/in/{name}")
+    for sub in ("toy", "toy_label/sample", "toy_label/pixel"):
+        os.makedirs(f"{work}/data/{region}/{sub}", exist_ok=True)
+    shutil.copy(f"{work}/in/{name}", f"{work}/data/{region}/toy/{case}")
+    with open(f"{work}/data/{region}/toy_label/sample/{case}.txt", "w") as f:
+        f.write(f"{i % 2}\n")
+    nib.save(nib.Nifti1Image(label, affine(spacing, origin)), f"{work}/data/{region}/toy_label/pixel/{case}")
+with open(f"{work}/in/brain/x.nii.gz", "wb") as f:
     f.write(b"this is not a NIfTI file\n" * 10)
 EOF
 py "$WORK/make_inputs.py" "$WORK"
-chmod -R a+rwX "$WORK/brain" "$WORK/abdom"   # the challenge mounts its data folder read-write
 declare -A GOOD=([brain]="brain_000.nii.gz brain_001.nii.gz" [abdom]="abdom_000.nii.gz abdom_001.nii")
 declare -A BAD=([brain]="x.nii.gz" [abdom]="")
-checksums() { (cd "$WORK" && find brain abdom -type f -exec sha256sum {} + | sort); }
+checksums() { (cd "$WORK" && find in data -type f -exec sha256sum {} + | sort); }
 checksums > "$WORK/inputs.sha256"
 
 # --- weights ------------------------------------------------------------------------------------
 WEIGHT_OPTS=()
 if [[ $SMOKE_WEIGHTS = tiny ]]; then
-    chmod 0777 "$WORK/weights"
     for region in brain abdom; do
         if ! run_image --rm --network none -v "$WORK/weights:/weights" -- \
                 init-weights --region "$region" --out "/weights/$region" --tiny >"$WORK/init.log" 2>&1; then
@@ -157,19 +187,25 @@ fi
 [[ $FAILURES -eq 0 ]] || { log "$FAILURES failure(s) before any run"; exit 1; }
 
 # --- output checks (python, run on the host or in the image) ----------------------------------
-# check_outputs.py INPUT_DIR OUTPUT_DIR TASK GOOD_NAME...: exactly one output per good input and
-# nothing else; sample: a number in [0,1]; pixel: finite values in [0,1], input's shape and affine.
+# check_outputs.py INPUT_DIR OUTPUT_DIR TASK OWNER LABEL_DIR GOOD_NAME...: exactly one output per
+# good input and nothing else, each owned by OWNER (uid:gid); sample: a number in [0,1]; pixel:
+# finite values in [0,1], the input's shape and affine; with LABEL_DIR (not "-"): read back by
+# mood.metrics as the challenge's evaluation reads it, with no case missing, unreadable or misshapen.
 cat > "$WORK/check_outputs.py" <<'EOF'
 import math, os, sys
 import numpy as np, nibabel as nib
 
-src, out, task, good = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+src, out, task, owner, labels, good = *sys.argv[1:6], sys.argv[6:]
 problems = []
 want = {g + ".txt" if task == "sample" else g for g in good}
 have = set(os.listdir(out))
 if have != want:
     problems.append(f"output names {sorted(have)}, expected {sorted(want)}")
 summary = []
+for name in sorted(have):
+    st = os.stat(os.path.join(out, name))
+    if f"{st.st_uid}:{st.st_gid}" != owner:
+        problems.append(f"{name}: owned by {st.st_uid}:{st.st_gid}, not by the folder's owner {owner}")
 for g in good:
     path = os.path.join(out, g + ".txt" if task == "sample" else g)
     if not os.path.isfile(path):
@@ -194,9 +230,18 @@ for g in good:
         if not np.isfinite(data).all() or data.min() < 0.0 or data.max() > 1.0:
             problems.append(f"{g}: values {np.nanmin(data)}..{np.nanmax(data)} not finite in [0, 1]")
         summary.append(f"{g} {img.shape} [{data.min():.3g}, {data.max():.3g}]")
+if labels != "-":
+    from mood.metrics import pixel_metrics, sample_metrics
+    scored = (sample_metrics if task == "sample" else pixel_metrics)(out, labels)
+    for key in ("n_missing", "n_unreadable", "n_bad_shape"):
+        if scored[key]:
+            problems.append(f"the challenge's reader: {key} = {scored[key]}")
+    if scored["n_cases"] != len(good):
+        problems.append(f"the challenge's reader scored {scored['n_cases']} cases, not {len(good)}")
+    summary.append(f"read back by the challenge's metric: AP {scored['ap']:.3g} over {scored['n_cases']} cases")
 for p in problems:
     print(p)
-print(f"{len(good)} outputs: " + ", ".join(summary))
+print(f"{len(good)} outputs owned by {owner}: " + ", ".join(summary))
 sys.exit(1 if problems else 0)
 EOF
 # same_outputs.py DIR_A DIR_B: the same files with the same values.
@@ -214,27 +259,30 @@ for name in os.listdir(a):
 EOF
 
 # --- runs ---------------------------------------------------------------------------------------
-# run_case NAME TASK REGION FORM: FORM is "direct" (IMAGE sample|pixel, /input and /output) or
-# "challenge" (--read-only --network none, sh /workspace/run_TASK_REGION.sh /mnt/data /mnt/pred).
+# run_case NAME TASK REGION FORM OUT [docker run options]: FORM "direct" (IMAGE sample|pixel on
+# in/REGION, /input and /output) or "challenge" (the harness's call on data/REGION/toy, with
+# --read-only --network none and the input read-only).  OUT must exist; its owner is expected to
+# own every prediction.
 run_case() {
-    local name=$1 task=$2 region=$3 form=$4
-    local out="$WORK/out-$name" good=() bad=${BAD[$region]} want_rc=0 rc=0 t0 t1
+    local name=$1 task=$2 region=$3 form=$4 out=$5 good=() bad='' want_rc=0 rc=0 t0 src labels=- owner
+    shift 5
     read -r -a good <<<"${GOOD[$region]}"
-    mkdir -p "$out"
-    chmod 0777 "$out"   # writable by the image's non-root user
-    [[ -z $bad ]] || want_rc=1
     t0=$(date +%s)
     if [[ $form = direct ]]; then
-        run_image --name "mood-smoke-$$-$name" "${GPU_OPTS[@]}" "${WEIGHT_OPTS[@]}" \
-            -v "$WORK/$region:/input:ro" -v "$out:/output" -- \
+        src=$WORK/in/$region
+        bad=${BAD[$region]}
+        [[ -z $bad ]] || want_rc=1
+        run_image --name "mood-smoke-$$-$name" "${GPU_OPTS[@]}" "${WEIGHT_OPTS[@]}" "$@" \
+            -v "$src:/input:ro" -v "$out:/output" -- \
             "$task" --region "$region" --quiet >"$WORK/$name.log" 2>&1 || rc=$?
     else
-        run_image --rm "${GPU_OPTS[@]}" --read-only --network none "${WEIGHT_OPTS[@]}" \
-            -v "$WORK/$region:/mnt/data" -v "$out:/mnt/pred" -- \
+        src=$WORK/data/$region/toy
+        labels=$WORK/data/$region/toy_label/$task
+        run_image --rm "${GPU_OPTS[@]}" --read-only --network none "${WEIGHT_OPTS[@]}" "$@" \
+            -v "$src:/mnt/data:ro" -v "$out:/mnt/pred" -- \
             sh "/workspace/run_${task}_${region}.sh" /mnt/data /mnt/pred >"$WORK/$name.log" 2>&1 || rc=$?
     fi
-    t1=$(date +%s)
-    log "$name: $form $task $region: exit $rc in $((t1 - t0)) s; last lines:"
+    log "$name: exit $rc in $(( $(date +%s) - t0 )) s; last lines:"
     tail -n 4 "$WORK/$name.log" | sed 's/^/    | /' >&2
 
     if [[ $rc -ne $want_rc ]]; then
@@ -252,7 +300,8 @@ run_case() {
             echo "$diff" | head -n 20 | sed 's/^/    | /' >&2
         fi
     fi
-    if py "$WORK/check_outputs.py" "$WORK/$region" "$out" "$task" "${good[@]}" >"$WORK/$name.check" 2>&1; then
+    owner=$(stat -c %u:%g "$out")
+    if py "$WORK/check_outputs.py" "$src" "$out" "$task" "$owner" "$labels" "${good[@]}" >"$WORK/$name.check" 2>&1; then
         ok "$name: $(tail -n 1 "$WORK/$name.check")"
     else
         fail "$name: outputs:"
@@ -260,31 +309,62 @@ run_case() {
     fi
 }
 
+# as_caller WHO COMMAND...: run COMMAND as root or as the non-root uid, as a user at a shell would.
+as_caller() {
+    local who=$1
+    shift
+    if [[ $who = root ]]; then "$@"; else setpriv --reuid="$OTHER" --regid="$OTHER" --clear-groups -- "$@"; fi
+}
+
+# harness_folders WHO: what the organisers' test makes before it calls the image: a 0700 temporary
+# folder (tempfile.TemporaryDirectory) holding brain/ and abdom/ (os.makedirs), made by WHO; its
+# path in $base.
+harness_folders() {
+    base=$(as_caller "$1" mktemp -d "${TMPDIR:-/tmp}/mood-harness.XXXXXX")
+    HARNESS_DIRS+=("$base")
+    as_caller "$1" mkdir "$base/brain" "$base/abdom"
+}
+
 T_START=$(date +%s)
-run_case direct-sample-brain sample brain direct
-run_case direct-pixel-abdom pixel abdom direct
-for task in sample pixel; do
-    for region in brain abdom; do
-        run_case "challenge-$task-$region" "$task" "$region" challenge
-    done
+for pair in "sample brain" "pixel abdom"; do
+    read -r task region <<<"$pair"
+    mkdir "$WORK/out-direct-$task-$region"
+    run_case "direct-$task-$region" "$task" "$region" direct "$WORK/out-direct-$task-$region"
 done
 
-# An output folder the image's user (uid 1000) cannot write to: a clear message, non-zero exit.
-if [[ $(id -u) != 1000 ]]; then
-    mkdir -p "$WORK/out-locked"
-    chmod 0755 "$WORK/out-locked"
-    rc=0
-    run_image --rm --read-only --network none "${WEIGHT_OPTS[@]}" \
-        -v "$WORK/abdom:/mnt/data" -v "$WORK/out-locked:/mnt/pred" -- \
-        sh /workspace/run_sample_abdom.sh /mnt/data /mnt/pred >"$WORK/locked.log" 2>&1 || rc=$?
-    if [[ $rc -ne 0 ]] && grep -q 'cannot write to the output folder' "$WORK/locked.log" \
-       && [[ -z $(ls -A "$WORK/out-locked") ]]; then
-        ok "unwritable output folder: exit $rc and: $(grep -m 1 'cannot write' "$WORK/locked.log")"
+declare -A HARNESS_OUT
+for who in root "$OTHER"; do
+    for task in sample pixel; do
+        harness_folders "$who"
+        HARNESS_OUT[$who-$task]=$base
+        for region in brain abdom; do
+            run_case "harness-$task-$region-as-$who" "$task" "$region" challenge "$base/$region"
+        done
+    done
+done
+harness_folders "$OTHER"
+run_case "harness-pixel-abdom-user-$OTHER" pixel abdom challenge "$base/abdom" --user "$OTHER:$OTHER"
+
+# Output folders the container cannot write to, whoever it becomes: one line, exit 1, no models
+# loaded (the line is all it says), nothing left behind.
+refused() {  # NAME OUT [docker run options]
+    local name=$1 out=$2 rc=0
+    shift 2
+    run_image --rm --read-only --network none "${WEIGHT_OPTS[@]}" "$@" \
+        -v "$WORK/data/abdom/toy:/mnt/data:ro" -- \
+        sh /workspace/run_sample_abdom.sh /mnt/data /mnt/pred >"$WORK/$name.log" 2>&1 || rc=$?
+    if [[ $rc -eq 1 && $(wc -l <"$WORK/$name.log") -eq 1 ]] \
+       && grep -q 'cannot write to the output folder' "$WORK/$name.log" && [[ -z $(ls -A "$out") ]]; then
+        ok "$name: exit 1 before loading anything: $(cat "$WORK/$name.log")"
     else
-        fail "unwritable output folder: exit $rc, log:"
-        sed 's/^/    | /' "$WORK/locked.log" >&2
+        fail "$name: exit $rc, in the output folder: $(find "$out" -mindepth 1 -maxdepth 1 -printf "%f " | head -c 200), log:"
+        sed 's/^/    | /' "$WORK/$name.log" >&2
     fi
-fi
+}
+harness_folders root
+refused "refused-user-$OTHER-on-root-folder" "$base/abdom" --user "$OTHER:$OTHER" -v "$base/abdom:/mnt/pred"
+harness_folders "$OTHER"
+refused "refused-read-only-mount" "$base/abdom" -v "$base/abdom:/mnt/pred:ro"
 
 # --- cross-checks -------------------------------------------------------------------------------
 if checksums | cmp -s - "$WORK/inputs.sha256"; then
@@ -292,14 +372,17 @@ if checksums | cmp -s - "$WORK/inputs.sha256"; then
 else
     fail "the inputs changed (or files appeared in the input folders)"
 fi
-for pair in sample-brain pixel-abdom; do
-    if py "$WORK/same_outputs.py" "$WORK/out-direct-$pair" "$WORK/out-challenge-$pair" >"$WORK/same.log" 2>&1; then
-        ok "direct-$pair and challenge-$pair give the same outputs"
+same() {  # NAME_A DIR_A NAME_B DIR_B
+    if py "$WORK/same_outputs.py" "$2" "$4" >"$WORK/same.log" 2>&1; then
+        ok "$1 and $3 give the same outputs"
     else
-        fail "direct-$pair and challenge-$pair differ (same inputs, seed and weights): $(tail -n 1 "$WORK/same.log")"
+        fail "$1 and $3 differ (same inputs, seed and weights): $(tail -n 1 "$WORK/same.log")"
     fi
-done
-tr '\r' '\n' <"$WORK/challenge-sample-abdom.log" \
+}
+same direct-sample-brain "$WORK/out-direct-sample-brain" harness-sample-brain-as-root "${HARNESS_OUT[root-sample]}/brain"
+same direct-pixel-abdom "$WORK/out-direct-pixel-abdom" harness-pixel-abdom-as-root "${HARNESS_OUT[root-pixel]}/abdom"
+same harness-pixel-abdom-as-root "${HARNESS_OUT[root-pixel]}/abdom" "harness-pixel-abdom-as-$OTHER" "${HARNESS_OUT[$OTHER-pixel]}/abdom"
+tr '\r' '\n' <"$WORK/harness-sample-abdom-as-root.log" \
     | grep -o -m 1 -E '(INFO|WARNING) [^|]*(CPU|GPU|cuda)[^|]*' | sed 's/^/smoke: device line: /' >&2 || true
 log "runs took $(( $(date +%s) - T_START )) s"
 
