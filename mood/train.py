@@ -40,7 +40,7 @@ from tqdm import tqdm
 from .augment import AugmentConfig, augment, region_augment_config
 from .config import RegionConfig, narrow, region_preset, tiny_preset
 from .networks import VQVAE, PixelSNAIL, vq_losses
-from .training_data import SliceBank, fixed_batch, load_banks, sample_batch, split_files
+from .training_data import SliceBank, fixed_batch, load_banks, provenance, sample_batch, split_files
 from .weights import Card, load_prior, load_vqvae, read_card, save_models
 
 
@@ -352,7 +352,10 @@ def _loop(*, kind: str, region: str, data: Path, out: Path, settings: TrainSetti
     if settings.compile:
         ddp = torch.compile(ddp)  # same parameters: checkpoints and evaluation use the plain module
 
-    run = {"kind": kind, "region": region, "data": str(data), "settings": asdict(settings),
+    run = {"kind": kind, "region": region,
+           "data": {"folder": Path(data).resolve().name,
+                    "sha256": provenance(train_files + hold_files, Path(data)) if d.master else {}},
+           "settings": asdict(settings),
            "tiny": config.vqvae.channels != region_preset(region).vqvae.channels,
            "train_files": [f.name for f in train_files], "holdout_files": [f.name for f in hold_files],
            "world_size": d.world}
@@ -607,7 +610,7 @@ def train_prior(region: str, data: Path, out: Path, *, vqvae: Path, steps: int, 
         if init_from is not None:
             info = {**info, "init_from": _init_note(init_from, "prior")}
         card = Card(config=config, info={**vq_card.info,
-                                         "training": {"vqvae": vq_info, "prior": {**info, "vqvae_from": str(vqvae)}}})
+                                         "training": {"vqvae": vq_info, "prior": {**info, "vqvae_from": _weights_note(vqvae, "vqvae")}}})
         save_models(out, card, vq, model)
 
     return _loop(kind="prior", region=region, data=data, out=out, settings=settings, holdout=holdout,
@@ -623,10 +626,17 @@ def _init_card(init_from: Path, config: RegionConfig) -> Card:
     return card
 
 
+def _weights_note(folder: Path, kind: str) -> dict[str, Any]:
+    """A weights folder's ``kind`` model by name and checksums (no machine path)."""
+    folder = Path(folder)
+    return {"weights": folder.resolve().name,
+            "sha256": provenance(sorted(folder.glob(f"{kind}-*.safetensors")), folder)}
+
+
 def _init_note(init_from: Path, kind: str) -> dict[str, Any]:
-    """Where a fine-tuned model started: the folder and that model's own training record."""
+    """Where a fine-tuned model started: its weights and that model's own training record."""
     earlier = read_card(init_from).info.get("training", {}).get(kind, {})
-    return {"weights": str(init_from), "steps": earlier.get("steps"),
+    return {**_weights_note(init_from, kind), "steps": earlier.get("steps"),
             "init_from": earlier.get("init_from")}
 
 

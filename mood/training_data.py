@@ -127,6 +127,18 @@ def split_files(data: Path, holdout: list[str] | None) -> tuple[list[Path], list
     return train, held
 
 
+def provenance(files: list[Path], root: Path) -> dict[str, str]:
+    """``{path relative to root: sha256}`` of ``files``: what trained a model, without machine paths."""
+    out = {}
+    for f in files:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        out[Path(f).relative_to(root).as_posix()] = h.hexdigest()
+    return out
+
+
 def load_banks(data: Path, config: RegionConfig, holdout: list[str] | None,
                cache_dir: Path | None = None, shape: tuple[int, int, int] | None = None
                ) -> tuple[list[SliceBank], list[SliceBank]]:
@@ -168,6 +180,7 @@ __all__ = [
     "fixed_batch",
     "load_bank",
     "load_banks",
+    "provenance",
     "sample_batch",
     "split_files",
     "volume_to_bank",

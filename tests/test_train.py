@@ -1,6 +1,7 @@
 """Training: a tiny model end to end on synthetic volumes, checkpoints, resume, DDP (gloo, 2 processes)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -259,8 +260,16 @@ def test_init_from_starts_from_given_weights(heads, tmp_path):
         trained = dict(after.named_parameters())
         for name, a in before.named_parameters():
             assert torch.equal(a, trained[name]), name
-    note = read_card(prior_out).info["training"]["prior"]["init_from"]
-    assert note["weights"] == str(start / "p") and note["steps"] == 2
+    info = read_card(prior_out).info
+    note = info["training"]["prior"]["init_from"]
+    assert note["weights"] == "p" and note["steps"] == 2
+    shards = sorted((start / "p").glob("prior-*.safetensors"))
+    assert note["sha256"] == {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in shards} and shards
+    assert info["training"]["prior"]["vqvae_from"]["weights"] == "start"
+    data = info["training"]["vqvae"]["data"]
+    assert data["folder"] == heads.name and sorted(data["sha256"]) == sorted(f.name for f in heads.iterdir())
+    # provenance without machine paths: nothing in the card names the folders of this machine
+    assert str(tmp_path) not in json.dumps(info) and str(heads) not in json.dumps(info)
     with pytest.raises(ValueError, match="architecture"):
         train_vqvae("abdom", heads, tmp_path / "abd", steps=1, init_from=start, **_kw(tmp_path, lr=0.0))
 
