@@ -12,9 +12,13 @@ probability ``p``:
 - intensity, on the image mapped to [0, 1] by the region's range ([-3, 3] std for brain,
   [-1, 1] for abdomen): brightness and contrast +-0.15, Gaussian blur (kernel 3, 5 or 7 with
   OpenCV's sigma rule), Gaussian noise with variance up to 0.001; then mapped back.
+- added to the original's family, so that scanners and sequences it never saw count as normal:
+  gamma (contrast curve, log-uniform in [1/1.4, 1.4]) and, for brain MRI, a smooth multiplicative
+  bias field (up to +-30 %, bicubic over a 4 x 4 control grid), as on coil-shaded scans.
 - brain: voxels that are background (exactly 0) after the shape step stay exactly 0.
 
-Deviation from the original: no clipping at +-3 std (inference never clips, so training does not).
+Deviations from the original: no clipping at +-3 std (inference never clips, so training does not);
+gamma and bias field (above).
 """
 from __future__ import annotations
 
@@ -38,6 +42,11 @@ class AugmentConfig:
     contrast: float = 0.15
     blur_kernels: tuple[int, ...] = (3, 5, 7)
     noise_var: float = 0.001
+    #: gamma in [1/gamma, gamma] (log-uniform), on the image mapped to [0, 1]
+    gamma: float = 1.4
+    #: multiplicative bias field exp(+-bias_field), smooth over a bias_grid x bias_grid control grid
+    bias_field: float = 0.0
+    bias_grid: int = 4
     #: intensity range mapped to [0, 1] for the colour transforms
     value_range: tuple[float, float] = (-3.0, 3.0)
     #: value outside the body / beyond the image border
@@ -48,7 +57,7 @@ class AugmentConfig:
 
 def region_augment_config(region: str) -> AugmentConfig:
     if region == "brain":
-        return AugmentConfig(value_range=(-3.0, 3.0), background=0.0, keep_background=True)
+        return AugmentConfig(value_range=(-3.0, 3.0), background=0.0, keep_background=True, bias_field=0.3)
     if region == "abdom":
         return AugmentConfig(value_range=(-1.0, 1.0), background=-1.0, keep_background=False)
     raise ValueError(f"unknown region {region!r}")
@@ -133,6 +142,19 @@ def augment(x: torch.Tensor, generator: torch.Generator, cfg: AugmentConfig = Au
     noisy = _coin(n, cfg.p, g)
     std = torch.where(noisy, _uniform(n, 0.0, cfg.noise_var, g).sqrt(), torch.zeros(n))
     u = u + torch.randn(u.shape, generator=g).to(u) * std.to(u).view(n, 1, 1)
+    # gamma, on [0, 1] only; what lies beyond the range keeps its offset
+    curved = _coin(n, cfg.p, g)
+    log_gamma = torch.where(curved, _uniform(n, -math.log(cfg.gamma), math.log(cfg.gamma), g), torch.zeros(n))
+    inside = u.clamp(0.0, 1.0)
+    u = inside ** log_gamma.exp().to(u).view(n, 1, 1) + (u - inside)
+    # bias field
+    if cfg.bias_field > 0:
+        shaded = _coin(n, cfg.p, g)
+        ctrl = torch.randn(n, 1, cfg.bias_grid, cfg.bias_grid, generator=g)
+        field = F.interpolate(ctrl, size=(size, size), mode="bicubic", align_corners=True).squeeze(1)
+        field = field / field.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-6)
+        amp = torch.where(shaded, _uniform(n, 0.0, cfg.bias_field, g), torch.zeros(n))
+        u = u * torch.exp(field * amp.view(n, 1, 1)).to(u)
 
     y = u * (hi - lo) + lo
     if cfg.keep_background:

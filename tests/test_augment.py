@@ -61,3 +61,37 @@ def test_every_transform_runs():
 def test_bad_shape():
     with pytest.raises(ValueError, match="slices"):
         augment(torch.zeros(2, 3, 4), torch.Generator())
+
+
+_ONLY_INTENSITY = dict(p=1.0, scale=(1.0, 1.0), rotate_deg=0.0, flip=False, elastic_px=0.0, brightness=0.0,
+                       contrast=0.0, blur_kernels=(1,), noise_var=0.0, keep_background=False)
+
+
+def _to_unit(y: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
+    lo, hi = cfg.value_range
+    return (y - lo) / (hi - lo)
+
+
+def test_gamma_is_a_monotone_contrast_curve():
+    x = _slices(n=8)
+    cfg = AugmentConfig(**_ONLY_INTENSITY, gamma=1.4)
+    y = augment(x, torch.Generator().manual_seed(2), cfg)
+    u, v = _to_unit(x, cfg).flatten(1), _to_unit(y, cfg).flatten(1)
+    order = u.argsort(dim=1)
+    assert (v.gather(1, order).diff(dim=1) >= -1e-5).all()  # the order of intensities is kept
+    inside = (u > 0.05) & (u < 0.95)
+    exponent = (v[inside].log() / u[inside].log())  # one gamma per slice, within [1/1.4, 1.4]
+    assert exponent.min() > 1 / 1.4 - 1e-3 and exponent.max() < 1.4 + 1e-3
+    assert (exponent - 1).abs().max() > 0.05
+
+
+def test_bias_field_is_smooth_and_bounded():
+    x = _slices(n=8, size=64) + 2.0  # no zeros: the field is the ratio everywhere
+    cfg = AugmentConfig(**_ONLY_INTENSITY, gamma=1.0, bias_field=0.3)
+    ratio = _to_unit(augment(x, torch.Generator().manual_seed(5), cfg), cfg) / _to_unit(x, cfg)
+    assert ratio.min() >= torch.exp(torch.tensor(-0.3)) - 1e-4 and ratio.max() <= torch.exp(torch.tensor(0.3)) + 1e-4
+    assert (ratio.amax(dim=(1, 2)) - ratio.amin(dim=(1, 2))).max() > 0.05  # shading, not a constant
+    # smooth: neighbouring pixels differ by far less than the field's range
+    assert ratio.diff(dim=1).abs().max() < 0.05 and ratio.diff(dim=2).abs().max() < 0.05
+    off = AugmentConfig(**_ONLY_INTENSITY, gamma=1.0, bias_field=0.0)
+    assert torch.allclose(augment(x, torch.Generator().manual_seed(5), off), x, atol=1e-5)

@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Learning curves of training runs against CPU time, and a table of them at equal CPU time.
+
+Reads the ``OUT/train/<kind>/log.jsonl`` of each run (written by ``mood train``) and draws, against
+CPU-hours (this process's CPU time over all its threads, so runs that shared the machine compare
+fairly): the holdout L1 reconstruction and the codes in use (VQ-VAE runs), and the holdout NLL per
+code (prior runs). Prints a Markdown table of every run's holdout metric at the CPU time of the
+shortest run of its kind and at its own end.
+
+    python scripts/campaign_curves.py --run "original=runs/brain/vq_w1" --run "width 0.5=runs/brain/vq_w05" \\
+        --run "prior=runs/brain/full" --out docs/weights/brain_curves.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+METRIC = {"vqvae": "holdout_recon", "prior": "holdout_nll"}
+
+
+def read_run(folder: Path) -> tuple[str, list[dict]]:
+    """(kind, checkpoint rows with a holdout metric) of a ``mood train`` output folder."""
+    for kind in ("prior", "vqvae"):
+        log = folder / "train" / kind / "log.jsonl"
+        if log.is_file():
+            rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+            return kind, [r for r in rows if METRIC[kind] in r]
+    raise ValueError(f"{folder}: no train/vqvae or train/prior log.jsonl")
+
+
+def at_cpu(rows: list[dict], key: str, cpu_s: float) -> float:
+    """``key`` linearly interpolated at ``cpu_s`` CPU seconds."""
+    return float(np.interp(cpu_s, [r["cpu_s"] for r in rows], [r[key] for r in rows]))
+
+
+def table(runs: dict[str, tuple[str, list[dict]]]) -> str:
+    lines = ["| run | model | steps | CPU-hours | holdout at equal CPU time | holdout best | holdout at end |",
+             "|---|---|---|---|---|---|---|"]
+    for kind in ("vqvae", "prior"):
+        mine = {name: rows for name, (k, rows) in runs.items() if k == kind and rows}
+        if not mine:
+            continue
+        equal = min(rows[-1]["cpu_s"] for rows in mine.values())
+        for name, rows in mine.items():
+            key = METRIC[kind]
+            lines.append(f"| {name} | {kind} | {rows[-1]['step']} | {rows[-1]['cpu_s'] / 3600:.2f} | "
+                         f"{key.split('_')[1]} {at_cpu(rows, key, equal):.4f} at {equal / 3600:.2f} h | "
+                         f"{min(r[key] for r in rows):.4f} | {rows[-1][key]:.4f} |")
+    return "\n".join(lines)
+
+
+def plot(runs: dict[str, tuple[str, list[dict]]], out: Path) -> None:
+    panels = [("vqvae", "holdout_recon", "VQ-VAE: holdout L1 reconstruction"),
+              ("vqvae", "holdout_codes_used", "VQ-VAE: codes in use (holdout)"),
+              ("prior", "holdout_nll", "prior: holdout NLL per code (nats)")]
+    panels = [p for p in panels if any(k == p[0] for k, _ in runs.values())]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (kind, key, title) in zip(axes[0], panels):
+        for name, (k, rows) in runs.items():
+            if k == kind and rows and key in rows[0]:
+                ax.plot([r["cpu_s"] / 3600 for r in rows], [r[key] for r in rows], label=name)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("CPU-hours")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", action="append", required=True, metavar="NAME=FOLDER",
+                    help="a `mood train` output folder, with the name to show")
+    ap.add_argument("--out", type=Path, required=True, help="PNG to write")
+    args = ap.parse_args()
+    runs = {}
+    for spec in args.run:
+        name, _, folder = spec.partition("=")
+        runs[name] = read_run(Path(folder))
+    plot(runs, args.out)
+    print(table(runs))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Export trained weights for shipping: float16 shards and a card that says what trained them.
+
+Copies ``--src`` (a ``mood train prior`` output folder: card + both models) to ``--dst`` as float16
+and writes into the card's ``info``:
+
+* ``data``: the training and holdout files by name, with their sha256 and licence, taken from the
+  data folder and its README's table (``| region/file | what | size | source | licence | use |``);
+  never a path of the training machine;
+* every key of ``--info`` (a JSON file: ``quality``, ``notes``, ``campaign``, ...).
+
+The training record of both models (``info.training``) comes with the source card; where an older
+``mood train`` stored a folder as a path, it is replaced by the folder's name.
+
+    python scripts/export_weights.py --src runs/brain/full --dst weights/brain \\
+        --data ../shared/data/brain --info runs/brain_info.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import torch  # noqa: E402
+
+from mood.train import export_weights  # noqa: E402
+from mood.training_data import provenance  # noqa: E402
+from mood.weights import read_card  # noqa: E402
+
+
+def licences(data: Path) -> dict[str, str]:
+    """``{file name: "licence; source"}`` from the data README's table (one folder above ``data``)."""
+    readme = data.parent / "README.md"
+    out = {}
+    for line in readme.read_text().splitlines() if readme.is_file() else []:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 5 and cells[0].startswith(f"{data.name}/"):
+            out[cells[0].split("/", 1)[1]] = f"{cells[4]}; {cells[3]}"
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--src", type=Path, required=True, help="trained weights folder (VQ-VAE and prior)")
+    ap.add_argument("--dst", type=Path, required=True, help="folder to write, e.g. weights/brain")
+    ap.add_argument("--data", type=Path, required=True, help="the folder of volumes they were trained on")
+    ap.add_argument("--info", type=Path, default=None, help="JSON object merged into the card's info")
+    args = ap.parse_args()
+
+    info = read_card(args.src).info
+    training = info["training"]
+    for record in training.values():  # an older `mood train` stored folders as paths
+        if isinstance(record.get("data"), str):
+            record["data"] = {"folder": Path(record["data"]).name}
+        if isinstance(record.get("vqvae_from"), str):
+            record["vqvae_from"] = {"weights": Path(record["vqvae_from"]).name}
+    vq = training["vqvae"]
+    files = vq["train_files"] + vq["holdout_files"]
+    known = licences(args.data)
+    missing = [f for f in files if f not in known]
+    if missing:
+        raise SystemExit(f"no licence for {missing} in {args.data.parent / 'README.md'}")
+    digests = provenance([args.data / f for f in files], args.data)
+    extra = json.loads(args.info.read_text()) if args.info else {}
+    export_weights(args.src, args.dst, dtype=torch.float16, info={
+        "training": training,
+        "data": {"folder": args.data.resolve().name,
+                 "trained_on": vq["train_files"],
+                 "holdout_for_loss_and_calibration": vq["holdout_files"],
+                 "sha256": digests,
+                 "licences": {f: known[f] for f in files},
+                 "source": "public volumes gathered for this project (../shared/data, see its README)"},
+        **extra})
+    print(f"exported {args.src} -> {args.dst} (float16, {len(files)} files recorded)")
+
+
+if __name__ == "__main__":
+    main()
