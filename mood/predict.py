@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from .config import CHALLENGE_SHAPES, METHODS, REGIONS
+from .config import CHALLENGE_SHAPES, DEFAULT_IN_FLIGHT, METHODS, REGIONS
 from .detector import DEFAULT_RESTORATIONS, Detector
 from .overlap import Overlap
 from .shard import Shard
@@ -32,8 +32,6 @@ from .weights import WeightsError
 
 log = logging.getLogger("mood")
 TASKS = ("sample", "pixel")
-#: Volumes held at once by default: one read ahead, one scored, one written behind.
-DEFAULT_IN_FLIGHT = 3
 
 
 @dataclass
@@ -45,6 +43,7 @@ class RunSummary:
     seconds: float = 0.0
     shard: Shard = field(default_factory=Shard)
     listed: int = 0  # inputs of all shards
+    device: str = ""  # where the models ran ("" if none was loaded)
 
     @property
     def ok(self) -> bool:
@@ -155,6 +154,7 @@ def predict(task: str, input: str | Path, output: str | Path, *, region: str = "
         if reg not in detectors:
             try:
                 detectors[reg] = Detector.load(reg, weights, device)
+                summary.device = str(detectors[reg].device)
             except WeightsError as exc:
                 detectors[reg] = exc
         det = detectors[reg]

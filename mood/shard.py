@@ -32,7 +32,7 @@ class Shard:
 
     def __post_init__(self) -> None:
         if self.count < 1 or not 0 <= self.index < self.count:
-            raise ValueError(f"shard {self.index}/{self.count}: need 0 <= I < N (e.g. 0/4 ... 3/4)")
+            raise ValueError(f"shard {self.index}/{self.count}: expected I/N with 0 <= I < N, e.g. 0/4 ... 3/4")
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
@@ -98,3 +98,9 @@ def placement(shard: Shard | None = None, device: str = "auto",
     if device in ("auto", "cuda") and torch.cuda.is_available():
         device = f"cuda:{local_rank % torch.cuda.device_count()}"
     return Placement(shard.split(rank, world), device, launched=True)
+
+
+def under_torchrun(environ: dict[str, str] | None = None) -> bool:
+    """Whether torchrun started this process: it stops every other process of the launch as soon as
+    one exits with a non-zero status."""
+    return bool((os.environ if environ is None else environ).get("TORCHELASTIC_RUN_ID"))
