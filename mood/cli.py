@@ -6,17 +6,22 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import METHODS, REGIONS
+from .config import DEFAULT_IN_FLIGHT, METHODS, REGIONS
 
 EPILOG = """\
 examples:
   mood sample --input scans/ --output pred/                 # one score per volume (<name>.txt)
   mood pixel  --input scans/ --output pred/ --region brain  # voxel score maps (<name>)
+  mood pixel  -i scans/ -o pred/ --shard 3/8 --skip-existing --report runs/pixel.json
+                                                            # one of 8 independent processes
+  torchrun --nproc_per_node=4 -m mood pixel -i scans/ -o pred/   # 4 GPUs: shard and GPU per process
+  mood report runs/pixel.shard*.json                        # the shards' reports as one table
   mood make-toy --input normals/ --output toy/ --count 8 --region brain
   mood validate data/                                       # the challenge's metric on a toy layout
   mood demo                                                 # everything above on a shipped volume
 
 Weights are read from --weights, else $MOOD_WEIGHTS/<region>, else the packaged weights/<region>.
+Many GPUs and machines: docs/scale.md (torchrun, SLURM arrays, Kubernetes indexed Jobs).
 """
 
 
@@ -25,6 +30,15 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
+
+
+def _shard(text: str):
+    from .shard import Shard
+
+    try:
+        return Shard.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _scoring_arguments(p: argparse.ArgumentParser, pixel: bool) -> None:
@@ -49,6 +63,27 @@ def _scoring_arguments(p: argparse.ArgumentParser, pixel: bool) -> None:
                         "to measure what the prior adds (default: lsr)")
     p.add_argument("--skip-existing", action="store_true",
                    help="leave inputs whose output already exists (resume a large batch)")
+    scale = p.add_argument_group(
+        "many processes, GPUs and machines (docs/scale.md)",
+        "Outputs are the same bytes however a folder is split. Under torchrun (RANK, WORLD_SIZE, "
+        "LOCAL_RANK set) each process takes its shard and GPU from the environment, no flags needed, "
+        "and exits 0 when only some volumes failed (torchrun would stop the other processes): read "
+        "the ERROR lines or the reports (`mood report` exits 1 on failures).")
+    scale.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                       help="score only shard I of N (0 <= I < N): the files whose name hashes to I "
+                            "mod N, so N processes (a SLURM array, a Kubernetes indexed Job) cover the "
+                            "folder exactly once, and adding files moves none to another shard")
+    scale.add_argument("--workers", default="auto", metavar="auto|N",
+                       help="worker processes on this machine, each with its own part of the shard; "
+                            "auto: one per visible GPU, one on the CPU (default: auto)")
+    scale.add_argument("--in-flight", type=_positive_int, default=DEFAULT_IN_FLIGHT, metavar="K",
+                       help="volumes held at once: the next ones are read and the previous outputs "
+                            "written while one is scored; 1 reads, scores and writes one at a time "
+                            f"(default: {DEFAULT_IN_FLIGHT}; a brain volume holds about 64 MB, an abdomen 512 MB)")
+    scale.add_argument("--report", type=Path, default=None, metavar="FILE",
+                       help="write this run's summary (counts, failures, time) as JSON, beside (never "
+                            "inside) the output folder; sharded runs insert .shardI-of-N before the "
+                            "suffix. Merge them with `mood report FILE...`")
     p.add_argument("--max-voxels", type=_positive_int, default=None,
                    help="refuse larger volumes before reading them (default: 2*512^3)")
     p.add_argument("--threads", type=_positive_int, default=None,
@@ -67,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
                        ("pixel", "voxel anomaly scores in [0, 1) -> <name>, same shape and affine")):
         p = sub.add_parser(task, help=text, description=text)
         _scoring_arguments(p, pixel=task == "pixel")
+
+    p = sub.add_parser("report", help="merge the --report files of a sharded run into one table",
+                       description="Merge the per-shard reports of `mood sample|pixel --report` into "
+                                   "one table: counts, failures, time, and the shards missing (not "
+                                   "finished: rerun them with --skip-existing). Exit status 1 if any "
+                                   "volume failed or any shard is missing.")
+    p.add_argument("reports", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("--json", type=Path, default=None, help="also write the merged report as JSON")
 
     p = sub.add_parser("train", help="train the VQ-VAE or the prior on normal volumes",
                        description="Train one model of a region on a folder of normal volumes (any grid; "
@@ -159,20 +202,62 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_predict(args: argparse.Namespace) -> int:
     from .predict import predict
+    from .report import report_path, write_report
+    from .shard import placement, under_torchrun
     from .volume_io import DEFAULT_MAX_VOXELS
+    from .workers import run_workers, worker_count
 
+    place = placement(args.shard, args.device)
+    workers = worker_count(args.workers, place, args.device)
+    if workers > 1:
+        from .report import merge, read_reports, table
+
+        reports = [report_path(args.report, place.shard.split(w, workers), args.output)
+                   for w in range(workers)] if args.report else []
+        code = run_workers(args._argv, workers)
+        if reports:
+            print(table(merge(read_reports([p for p in reports if p.is_file()]))), file=sys.stderr)
+        return code
+    report = report_path(args.report, place.shard, args.output) if args.report else None
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    summary = predict(args.command, args.input, args.output, region=args.region, device=args.device,
+    if place.device.startswith("cuda:"):
+        import torch
+
+        torch.cuda.set_device(place.device)  # allocations without a device go to this process's GPU
+    summary = predict(args.command, args.input, args.output, region=args.region, device=place.device,
                       weights=args.weights, seed=args.seed,
                       restorations=args.restorations, slices=args.slices,
                       skip_existing=args.skip_existing,
                       max_voxels=args.max_voxels or DEFAULT_MAX_VOXELS, progress=not args.quiet,
-                      method=args.method)
+                      method=args.method, shard=place.shard, in_flight=args.in_flight)
     print(summary.line(), file=sys.stderr)
+    if report:
+        write_report(report, summary, task=args.command, method=args.method, input=args.input,
+                     output=args.output)
+    if not summary.ok and under_torchrun():
+        # A bad file must not cost the other shards their run: torchrun would end them on status 1.
+        print(f"exit status 0 despite {len(summary.failed)} failed volume(s): under torchrun a non-zero "
+              f"status would stop the other processes; `mood report` exits 1 on failures",
+              file=sys.stderr)
+        return 0
     return 0 if summary.ok else 1
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    import json
+
+    from .report import merge, read_reports, table
+
+    merged = merge(read_reports(args.reports))
+    print(table(merged))
+    if args.json:
+        from .volume_io import write_text
+
+        write_text(args.json, json.dumps(merged, indent=1) + "\n")
+    return 0 if not merged["failed"] and not merged["missing"] else 1
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -251,7 +336,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     return demo(args.output, weights=args.weights, device=args.device)
 
 
-HANDLERS = {"sample": _run_predict, "pixel": _run_predict, "train": _run_train,
+HANDLERS = {"sample": _run_predict, "pixel": _run_predict, "report": _run_report, "train": _run_train,
             "calibrate": _run_calibrate, "init-weights": _run_init_weights, "convert": _run_convert,
             "make-toy": _run_make_toy, "validate": _run_validate, "show": _run_show, "demo": _run_demo}
 
@@ -263,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     own, extra = split_extra(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(own)
     args._extra = extra
+    args._argv = own  # what the workers of a multi-GPU run are started with
     try:
         return HANDLERS[args.command](args)
     except (ValueError, OSError) as exc:  # usage and file-system errors: one line, no traceback

@@ -11,6 +11,8 @@ from typing import Any
 REGIONS = ("brain", "abdom")
 #: Scoring methods: latent spatial restoration (the product) and the VQ-VAE reconstruction-error baseline.
 METHODS = ("lsr", "reconstruction")
+#: Volumes a scoring run holds at once by default: one read ahead, one scored, one written behind.
+DEFAULT_IN_FLIGHT = 3
 
 #: Challenge volume shape per region; ``--region auto`` relies on it.
 CHALLENGE_SHAPES = {"brain": (256, 256, 256), "abdom": (512, 512, 512)}
