@@ -247,19 +247,37 @@ def output_path(input_path: Path, output_dir: Path, suffix: str = "") -> Path:
 _PART_FILE = re.compile(r"\..*\.[a-z0-9_]{8}\.part(\.[A-Za-z0-9]+)*", re.DOTALL)
 
 
+def _locked_temporary(final: Path) -> tuple[int, str]:
+    """A new temporary file beside ``final``, open and locked: (descriptor, path).
+
+    Between creating a file and locking it, another process's :func:`remove_stale_temporaries`
+    (a shard starting on the same output folder) may take it for a leftover and delete it; the
+    path would then be written as a new, unlocked file that the next cleaner deletes mid-write.
+    So the lock is checked to hold the file still at that path, else a new one is made.
+    """
+    suffix = ".nii.gz" if final.name.endswith(".gz") else final.suffix
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name[:40]}.", suffix=".part" + suffix, dir=final.parent)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks: write anyway (then nothing is cleaned up)
+            return fd, tmp
+        try:
+            if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
+                return fd, tmp
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
 def atomic_write(final: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: never a partial file.
 
     The temporary file is locked (``flock``) while it is written, so that
     :func:`remove_stale_temporaries` can tell one left by a killed run from one still in use.
     """
-    suffix = ".nii.gz" if final.name.endswith(".gz") else final.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name[:40]}.", suffix=".part" + suffix, dir=final.parent)
+    fd, tmp = _locked_temporary(final)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:  # a file system without locks: write anyway (then nothing is cleaned up)
-            pass
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp, final)

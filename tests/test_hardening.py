@@ -542,3 +542,32 @@ def test_pixel_with_fewer_than_three_slices(tmp_path, fast_weights, capsys):
     code = main(["pixel", "-i", str(folder), "-o", str(tmp_path / "out"), "--region", "brain",
                  "--weights", str(fast_weights), "--restorations", "1", "-q"])
     assert code == 0, capsys.readouterr().err
+
+
+def test_atomic_write_survives_a_concurrent_cleaner(tmp_path, monkeypatch):
+    """Another shard's start-up cleanup may run between a writer's mkstemp and its lock, and again
+    while it writes: the write must still land, complete, under its final name."""
+    import tempfile
+
+    from mood import volume_io
+
+    made = []
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp_then_cleaner(*a, **kw):
+        fd, path = real_mkstemp(*a, **kw)
+        made.append(path)
+        if len(made) == 1:  # the cleaner strikes before the first file is locked
+            assert remove_stale_temporaries(tmp_path) == [Path(path).name]
+        return fd, path
+
+    def write(tmp: Path) -> None:
+        tmp.write_text("first half ")
+        assert remove_stale_temporaries(tmp_path) == []  # a cleaner mid-write: the file is held
+        with open(tmp, "a") as f:
+            f.write("second half")
+
+    monkeypatch.setattr(volume_io.tempfile, "mkstemp", mkstemp_then_cleaner)
+    volume_io.atomic_write(tmp_path / "case.nii.gz.txt", write)
+    assert (tmp_path / "case.nii.gz.txt").read_text() == "first half second half"
+    assert len(made) == 2 and os.listdir(tmp_path) == ["case.nii.gz.txt"]
