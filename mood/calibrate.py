@@ -24,21 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import CHALLENGE_SHAPES
+from .convert import ensure_challenge_form
 from .detector import Detector, resolve_weights
-from .volume_io import list_inputs, load_volume
+from .volume_io import list_inputs
 from .weights import Card, ScoreMap, write_card
-
-
-def load_challenge_volume(path: Path, region: str) -> np.ndarray:
-    """A volume in challenge form: used as is when it already is, else converted."""
-    vol = load_volume(path)
-    if tuple(vol.data.shape) == tuple(CHALLENGE_SHAPES[region]) and not vol.notes:
-        return vol.data
-    from .convert import to_challenge_form
-
-    data, _ = to_challenge_form(path, region)
-    return data
 
 
 def _body_mask(x: torch.Tensor, region: str) -> torch.Tensor:
@@ -64,7 +53,7 @@ def calibrate(region: str, data: Path, weights: Path, *, device: str = "auto",
         raise ValueError(f"no NIfTI volumes in {data}")
     det = Detector.load(region, weights, device)
     card = det.card
-    vols = [load_challenge_volume(f, region) for f in files]
+    vols = [ensure_challenge_form(f, region)[0] for f in files]
 
     # 1. thresholds from the pooled per-code NLL at the inference slice count
     nlls = []
@@ -118,4 +107,4 @@ def calibrate(region: str, data: Path, weights: Path, *, device: str = "auto",
     return card
 
 
-__all__ = ["calibrate", "load_challenge_volume"]
+__all__ = ["calibrate"]

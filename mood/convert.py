@@ -39,8 +39,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from . import volume_io
 from .config import CHALLENGE_SHAPES, REGIONS
-from .volume_io import atomic_write
+from .volume_io import atomic_write, fit_unit_range, is_nifti_name, needs_rescale
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +329,34 @@ def to_challenge_form(path: str | Path, region: str, *, shape: tuple[int, int, i
     return out, new_affine
 
 
+def ensure_challenge_form(path: str | Path, region: str, *, shape: tuple[int, int, int] | None = None
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """One volume file in challenge form, for training, calibration and make-toy alike.
+
+    A volume already in challenge form -- a NIfTI of the region's challenge shape (or ``shape``)
+    whose values inference would at most clip into [0, 1], not rescale -- is returned exactly as
+    inference reads it (:func:`mood.volume_io.load_volume`: the array as stored, no reorientation,
+    crop or intensity mapping), so that its slices are the ones the detector scores. Any other
+    volume goes through :func:`to_challenge_form`.
+
+    Returns ``(data, affine)``: float32 (a0, a1, a2) in [0, 1] and the (4, 4) float64 affine.
+    """
+    target = _check_shape(shape, region)
+    path = Path(path)
+    if is_nifti_name(path):
+        try:
+            volume = volume_io.read_volume(path)
+        except volume_io.InputError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        data = volume.data
+        if data.shape == target and not needs_rescale(float(data.min()), float(data.max())):
+            volume = fit_unit_range(volume)
+            for note in volume.notes:
+                log.warning("%s: %s", path, note)
+            return volume.data, volume.affine
+    return to_challenge_form(path, region, shape=shape)
+
+
 def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray, dtype: type = np.float32) -> Path:
     """Write ``data`` with ``affine`` (qform and sform code 1) atomically: temp file, then rename."""
     path = Path(path)
@@ -382,5 +411,5 @@ def convert_folder(input: Path, output: Path, region: str, **options) -> list[Pa
 
 __all__ = ["READABLE_SUFFIXES", "MODALITIES", "REGION_MODALITY", "CT_WINDOW", "read_volume",
            "to_canonical", "override_orientation", "foreground_mask", "object_grid", "resample",
-           "scale_intensities", "to_challenge_form", "save_nifti", "list_volumes",
+           "scale_intensities", "to_challenge_form", "ensure_challenge_form", "save_nifti", "list_volumes",
            "convert_folder", "strip_suffix", "is_readable_name"]

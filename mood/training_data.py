@@ -1,7 +1,8 @@
 """Training volumes -> random normalised slices with their relative positions.
 
-In: a folder of NIfTI volumes on any grid. Each is converted once to challenge form
-(:func:`mood.convert.to_challenge_form`: [0, 1], 256^3 brain or 512^3 abdomen), then every plane
+In: a folder of NIfTI volumes on any grid. Each is brought into challenge form once
+(:func:`mood.convert.ensure_challenge_form`: a volume already in that form is used exactly as
+inference reads it, any other is converted to [0, 1], 256^3 brain or 512^3 abdomen), then every plane
 along the slice axis is passed through exactly the inference pipeline -- :class:`SliceGrid`,
 :func:`extract_slices`, :func:`normalise` -- and kept as a :class:`SliceBank` (one normalised
 ``size`` x ``size`` slice and one relative position per plane). Training then draws planes at
@@ -29,8 +30,9 @@ from .config import RegionConfig
 from .slicing import SliceGrid, extract_slices, normalise, slice_grid
 from .volume_io import list_inputs
 
-#: Bump when the bank contents change meaning (invalidates caches).
-BANK_VERSION = 1
+#: Bump when the bank contents change meaning (invalidates caches). 2: volumes already in
+#: challenge form are no longer converted.
+BANK_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -80,9 +82,9 @@ def _cache_key(path: Path, config: RegionConfig, shape: tuple[int, int, int] | N
 
 def load_bank(path: Path, config: RegionConfig, cache_dir: Path | None = None,
               shape: tuple[int, int, int] | None = None) -> SliceBank:
-    """Convert ``path`` (cached in ``cache_dir`` when given) and return its bank.
+    """Bring ``path`` into challenge form (cached in ``cache_dir`` when given) and return its bank.
 
-    ``shape`` overrides the challenge shape of the conversion (tests and quick runs only).
+    ``shape`` overrides the region's challenge shape (tests and quick runs only).
     """
     path = Path(path)
     cached = None
@@ -91,11 +93,9 @@ def load_bank(path: Path, config: RegionConfig, cache_dir: Path | None = None,
         if cached.is_file():
             t = load_file(str(cached))
             return SliceBank(name=path.name, slices=t["slices"], positions=t["positions"])
-    from .convert import (
-        to_challenge_form,  # imported late: conversion pulls in SimpleITK
-    )
+    from .convert import ensure_challenge_form  # imported late: conversion pulls in scipy
 
-    volume, _ = to_challenge_form(path, config.region, shape=shape)
+    volume, _ = ensure_challenge_form(path, config.region, shape=shape)
     bank = volume_to_bank(volume, config, path.name)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import tempfile
 import warnings
 import zlib
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -55,7 +55,7 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class Volume:
-    data: np.ndarray  # (a0, a1, a2) float32, finite, in [0, 1]
+    data: np.ndarray  # (a0, a1, a2) float32, finite; in [0, 1] unless read in file units (read_volume)
     affine: np.ndarray  # (4, 4)
     header: nib.Nifti1Header | nib.Nifti2Header
     path: Path
@@ -76,9 +76,15 @@ def list_inputs(path: Path) -> list[Path]:
 
 
 def load_volume(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
-    """Read and validate one NIfTI file. Raises :class:`InputError` with a one-line reason.
+    """One NIfTI file as inference scores it: :func:`read_volume`, then :func:`fit_unit_range`."""
+    return fit_unit_range(read_volume(path, max_voxels))
 
-    Shape, voxel count, data type and affine are checked from the header before any voxel is read.
+
+def read_volume(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
+    """Read and validate one NIfTI file in its own units (finite, not yet brought into [0, 1]).
+
+    Raises :class:`InputError` with a one-line reason. Shape, voxel count, data type and affine
+    are checked from the header before any voxel is read.
     """
     path = Path(path)
     if not path.exists():
@@ -143,7 +149,7 @@ def load_volume(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
         reason = f"{type(exc).__name__}: {_first_line(exc)}"
         raise InputError(f"truncated or corrupt data ({reason})") from None
 
-    data, notes = _repair_values(data)
+    notes = _replace_non_finite(data)
     return Volume(data=data, affine=affine, header=img.header.copy(), path=path,
                   notes=tuple(f"header: {n}" for n in header_notes) + notes)
 
@@ -197,19 +203,31 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:160] if text else "no detail"
 
 
-def _repair_values(data: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Make values finite and bring them into [0, 1]; say what was done."""
-    notes: list[str] = []
+def _replace_non_finite(data: np.ndarray) -> tuple[str, ...]:
+    """Replace NaN/Inf in place by the finite minimum/maximum; say so."""
     finite = np.isfinite(data)
     n_bad = data.size - int(finite.sum())
     if n_bad == data.size:
         raise InputError("no finite voxel values")
-    if n_bad:
-        lo, hi = float(data[finite].min()), float(data[finite].max())
-        np.nan_to_num(data, copy=False, nan=lo, posinf=hi, neginf=lo)
-        notes.append(f"{n_bad:,} non-finite voxels (NaN/Inf) replaced by the finite minimum/maximum")
+    if not n_bad:
+        return ()
+    lo, hi = float(data[finite].min()), float(data[finite].max())
+    np.nan_to_num(data, copy=False, nan=lo, posinf=hi, neginf=lo)
+    return (f"{n_bad:,} non-finite voxels (NaN/Inf) replaced by the finite minimum/maximum",)
+
+
+def needs_rescale(lo: float, hi: float) -> bool:
+    """Whether values from ``lo`` to ``hi`` lie so far outside [0, 1] that :func:`fit_unit_range`
+    rescales them (rather than only clipping values within :data:`RANGE_TOLERANCE` of the range)."""
+    return lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE
+
+
+def fit_unit_range(volume: Volume) -> Volume:
+    """``volume`` with its values brought into [0, 1] in place, and a note when they were rescaled."""
+    data = volume.data
+    notes: list[str] = []
     lo, hi = float(data.min()), float(data.max())
-    if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+    if needs_rescale(lo, hi):
         # Percentiles keep a few extreme voxels from squashing everything else to one value.
         # float64 statistics: the range of float32 data can exceed float32 (no Inf, hence no NaN).
         sample = data.ravel(order="K")[:: max(1, data.size // 2_000_000)].astype(np.float64)
@@ -231,7 +249,7 @@ def _repair_values(data: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
         np.clip(data, 0.0, 1.0, out=data)
     elif lo < 0 or hi > 1:
         np.clip(data, 0.0, 1.0, out=data)
-    return data, tuple(notes)
+    return replace(volume, notes=volume.notes + tuple(notes))
 
 
 # -- writing ---------------------------------------------------------------------------------

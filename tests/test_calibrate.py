@@ -21,7 +21,8 @@ def test_calibrate_writes_card(tmp_path, monkeypatch):
     import mood.calibrate as cal
 
     # conversion is tested elsewhere; here the holdout volumes are used as they are
-    monkeypatch.setattr(cal, "load_challenge_volume", lambda path, region: np.asarray(nib.load(str(path)).dataobj, dtype=np.float32))
+    monkeypatch.setattr(cal, "ensure_challenge_form",
+                        lambda path, region: (np.asarray(nib.load(str(path)).dataobj, dtype=np.float32), None))
     data = tmp_path / "holdout"
     data.mkdir()
     for i in range(2):
