@@ -26,7 +26,7 @@ import torch
 
 from .convert import ensure_challenge_form
 from .detector import Detector, resolve_weights
-from .volume_io import list_inputs
+from .volume_io import READABLE_SUFFIXES, list_inputs
 from .weights import Card, ScoreMap, write_card
 
 
@@ -48,9 +48,9 @@ def calibrate(region: str, data: Path, weights: Path, *, device: str = "auto",
     t0 = time.perf_counter()
     if n_slices is not None and n_slices < 3:
         raise ValueError(f"n_slices must be at least 3 (the pixel score smooths over 3 slices), got {n_slices}")
-    files = list_inputs(Path(data))
+    files = list_inputs(Path(data), READABLE_SUFFIXES)
     if not files:
-        raise ValueError(f"no NIfTI volumes in {data}")
+        raise ValueError(f"no volume files ({', '.join(READABLE_SUFFIXES)}) in {data}")
     det = Detector.load(region, weights, device)
     card = det.card
     vols = [ensure_challenge_form(f, region)[0] for f in files]

@@ -16,6 +16,11 @@ METHODS = ("lsr", "reconstruction")
 CHALLENGE_SHAPES = {"brain": (256, 256, 256), "abdom": (512, 512, 512)}
 
 
+def region_of_shape(shape: tuple[int, ...]) -> str | None:
+    """The region whose challenge volumes have ``shape`` (brain 256^3, abdomen 512^3), else None."""
+    return next((region for region, s in CHALLENGE_SHAPES.items() if tuple(shape) == s), None)
+
+
 @dataclass(frozen=True)
 class VQVAEConfig:
     """VQ-VAE over single slices.
@@ -129,5 +134,5 @@ def tiny_preset(region: str = "brain", image_size: int = 64) -> RegionConfig:
                         n_slices=8)
 
 
-__all__ = ["REGIONS", "CHALLENGE_SHAPES", "VQVAEConfig", "PriorConfig", "RegionConfig",
+__all__ = ["REGIONS", "CHALLENGE_SHAPES", "region_of_shape", "VQVAEConfig", "PriorConfig", "RegionConfig",
            "region_preset", "narrow", "tiny_preset"]

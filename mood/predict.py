@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .config import CHALLENGE_SHAPES, METHODS, REGIONS
+from .config import METHODS, REGIONS, region_of_shape
 from .detector import DEFAULT_RESTORATIONS, Detector
 from .volume_io import (DEFAULT_MAX_VOXELS, InputError, is_nifti_name, list_inputs, load_volume,
                         output_path, remove_stale_temporaries, round_to_float16_, write_scores_nifti,
@@ -76,9 +76,9 @@ def _check_scores(scores: np.ndarray | float) -> None:
 
 def infer_region(shape: tuple[int, ...]) -> str:
     """Brain for 256^3, abdomen for 512^3; anything else needs an explicit --region."""
-    for region, expected in CHALLENGE_SHAPES.items():
-        if tuple(shape) == expected:
-            return region
+    region = region_of_shape(shape)
+    if region is not None:
+        return region
     raise InputError(f"cannot tell the region from shape {tuple(shape)} (brain is 256x256x256, "
                      f"abdomen 512x512x512); pass --region brain or --region abdom")
 

@@ -26,13 +26,12 @@ from dataclasses import asdict, dataclass, field
 from itertools import zip_longest
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from .anomalies import KINDS, insert_anomaly_spec
-from .config import CHALLENGE_SHAPES, REGIONS
-from .convert import ensure_challenge_form, list_volumes, save_nifti
-from .volume_io import write_text
+from .config import REGIONS, region_of_shape
+from .convert import ensure_challenge_form, save_nifti
+from .volume_io import READABLE_SUFFIXES, list_inputs, read_volume, write_text
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +66,6 @@ class ToySummary:
     @property
     def n_normal(self) -> int:
         return self.n_cases - self.n_anomalous
-
-
-def _region_from_shape(shape: tuple[int, ...]) -> str | None:
-    for region, s in CHALLENGE_SHAPES.items():
-        if tuple(s) == tuple(shape):
-            return region
-    return None
 
 
 def _check_args(count: int, normal_fraction: float, region: str | None,
@@ -127,12 +119,11 @@ def make_toy(input: Path, output: Path, count: int, seed: int, region: str | Non
     kinds = tuple(kinds)
     _check_args(count, normal_fraction, region, size, kinds)
     size = None if size is None else tuple(int(s) for s in size)  # type: ignore[assignment]
-    sources = list_volumes(input)
+    sources = list_inputs(input, READABLE_SUFFIXES)
     if not sources:
         raise ValueError(f"{input}: no volume files")
     if region is None:
-        first = nib.load(str(sources[0])) if sources[0].name.lower().endswith((".nii", ".nii.gz")) else None
-        region = _region_from_shape(tuple(first.shape[:3])) if first is not None else None
+        region = region_of_shape(read_volume(sources[0]).data.shape)
         if region is None:
             raise ValueError(f"cannot tell the region of {sources[0]} from its shape; pass region "
                              f"('brain' or 'abdom')")

@@ -1,6 +1,6 @@
 """Training volumes -> random normalised slices with their relative positions.
 
-In: a folder of NIfTI volumes on any grid. Each is brought into challenge form once
+In: a folder of volume files (NIfTI, NRRD, MHA) on any grid. Each is brought into challenge form once
 (:func:`mood.convert.ensure_challenge_form`: a volume already in that form is used exactly as
 inference reads it, any other is converted to [0, 1], 256^3 brain or 512^3 abdomen), then every plane
 along the slice axis is passed through exactly the inference pipeline -- :class:`SliceGrid`,
@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import RegionConfig
 from .slicing import SliceGrid, extract_slices, normalise, slice_grid
-from .volume_io import list_inputs
+from .volume_io import READABLE_SUFFIXES, list_inputs
 
 #: Bump when the bank contents change meaning (invalidates caches). 2: volumes already in
 #: challenge form are no longer converted.
@@ -111,10 +111,10 @@ def _matches(path: Path, names: list[str]) -> bool:
 
 
 def split_files(data: Path, holdout: list[str] | None) -> tuple[list[Path], list[Path]]:
-    """NIfTI files under ``data`` split into (train, holdout) by file name or stem."""
-    files = list_inputs(Path(data))
+    """Volume files under ``data`` split into (train, holdout) by file name or stem."""
+    files = list_inputs(Path(data), READABLE_SUFFIXES)
     if not files:
-        raise ValueError(f"no NIfTI volumes (.nii, .nii.gz) in {data}")
+        raise ValueError(f"no volume files ({', '.join(READABLE_SUFFIXES)}) in {data}")
     names = list(holdout or [])
     unknown = [n for n in names if not any(_matches(f, [n]) for f in files)]
     if unknown:
