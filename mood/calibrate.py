@@ -26,13 +26,9 @@ import torch
 
 from .convert import ensure_challenge_form
 from .detector import Detector, resolve_weights
+from .slicing import body_mask
 from .volume_io import READABLE_SUFFIXES, list_inputs
 from .weights import Card, ScoreMap, write_card
-
-
-def _body_mask(x: torch.Tensor, region: str) -> torch.Tensor:
-    """Voxels of normalised slices that are inside the body (not background / air)."""
-    return x != 0 if region == "brain" else x > -0.98
 
 
 def calibrate(region: str, data: Path, weights: Path, *, device: str = "auto",
@@ -79,7 +75,7 @@ def calibrate(region: str, data: Path, weights: Path, *, device: str = "auto",
         for i, v in enumerate(vols):
             raw, _ = det.pixel_raw(v, n_slices, restorations, seed + i)
             x = det.slices(v, n_slices).x
-            values.append(raw[_body_mask(x, region)].double().cpu())
+            values.append(raw[body_mask(x, det.config)].double().cpu())
         pv = torch.cat(values).numpy()
         p_scale = float(np.percentile(pv, pixel_scale_percentile)) if pv.size else 1.0
         if not p_scale > 0:

@@ -2,7 +2,7 @@
 
 In: a NIfTI file (``.nii``, ``.nii.gz``) or any other single-channel 3-D format SimpleITK reads
 (``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``). Out: ``(data, affine)`` with ``data`` float32 of shape
-``CHALLENGE_SHAPES[region]`` (or a smaller ``shape`` for quick runs) and ``affine`` a (4, 4) float64
+the region's challenge shape (or a smaller ``shape`` for quick runs) and ``affine`` a (4, 4) float64
 voxel-to-world (RAS+, millimetres) matrix that describes the new grid exactly.
 
 The steps, in order:
@@ -40,15 +40,13 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from .config import CHALLENGE_SHAPES, REGIONS
+from .config import REGIONS, region_preset
 from .volume_io import (READABLE_SUFFIXES, InputError, Volume, atomic_write, fit_unit_range, list_inputs,
                         needs_rescale, read_volume)
 
 log = logging.getLogger(__name__)
 
 MODALITIES = ("mri", "ct")
-#: Modality assumed for each challenge region when none is given.
-REGION_MODALITY = {"brain": "mri", "abdom": "ct"}
 #: Default CT window in Hounsfield units mapped onto [0, 1].
 CT_WINDOW = (-1000.0, 1000.0)
 #: Padding around the object: the grid spans ``margin`` times the object's largest extent.
@@ -204,7 +202,7 @@ def _check_shape(shape: tuple[int, ...] | None, region: str) -> tuple[int, int, 
     if region not in REGIONS:
         raise ValueError(f"unknown region {region!r}; expected one of {', '.join(REGIONS)}")
     if shape is None:
-        return tuple(CHALLENGE_SHAPES[region])  # type: ignore[return-value]
+        return region_preset(region).challenge_shape
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 2:
         raise ValueError(f"shape {shape}: expected three sizes of at least 2 voxels")
@@ -233,7 +231,7 @@ def to_challenge_form(path: str | Path, region: str, *, shape: tuple[int, int, i
         axis-aligned inputs).
     """
     target = _check_shape(shape, region)
-    modality = REGION_MODALITY[region] if modality is None else modality
+    modality = region_preset(region).modality if modality is None else modality
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
     if not margin >= 1.0:
@@ -292,7 +290,7 @@ def ensure_challenge_form(path: str | Path, region: str, *, shape: tuple[int, in
     if data.shape == target and not needs_rescale(float(data.min()), float(data.max())):
         volume = fit_unit_range(volume)
         return volume.data, volume.affine
-    return _convert(volume, target, REGION_MODALITY[region])
+    return _convert(volume, target, region_preset(region).modality)
 
 
 def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray, dtype: type = np.float32) -> Path:
@@ -337,6 +335,6 @@ def convert_folder(input: Path, output: Path, region: str, **options) -> list[Pa
     return written
 
 
-__all__ = ["MODALITIES", "REGION_MODALITY", "CT_WINDOW", "to_canonical", "override_orientation",
+__all__ = ["MODALITIES", "CT_WINDOW", "to_canonical", "override_orientation",
            "foreground_mask", "object_grid", "resample", "scale_intensities", "to_challenge_form",
            "ensure_challenge_form", "save_nifti", "convert_folder", "strip_suffix"]

@@ -72,7 +72,7 @@ def _cache_key(path: Path, config: RegionConfig, shape: tuple[int, int, int] | N
     st = path.stat()
     key = {"v": BANK_VERSION, "name": path.name, "size": st.st_size,
            "mtime": int(st.st_mtime), "region": config.region,
-           "norm": config.normalisation, "thr": config.foreground_threshold,
+           "norm": config.normalisation, "thr": config.foreground_threshold, "bg": config.background,
            "image_size": config.vqvae.image_size}
     if shape is not None:
         key["shape"] = list(shape)

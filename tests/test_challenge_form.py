@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mood.config import CHALLENGE_SHAPES
+from mood.config import region_preset
 from mood.convert import ensure_challenge_form, to_challenge_form
 from mood.detector import Detector
 from mood.training_data import load_bank
@@ -33,7 +33,7 @@ def test_bank_slices_of_a_challenge_form_volume_are_the_inference_slices(tmp_pat
     """Training sees bit for bit the slices the detector scores: same planes, same in-plane
     orientation (no reorientation to RAS), same crop and intensities, same positions."""
     det = Detector.load("brain", tiny_weights, device="cpu")
-    target = shape or CHALLENGE_SHAPES["brain"]
+    target = shape or region_preset("brain").challenge_shape
     path = write_nifti(tmp_path / "case.nii", _case(target), LPS)
     assert nib.aff2axcodes(LPS) != ("R", "A", "S")
     bank = load_bank(path, det.config, shape=shape)
