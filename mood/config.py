@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 REGIONS = ("brain", "abdom")
+#: The challenge's tasks: one score per volume, or one per voxel.
+TASKS = ("sample", "pixel")
 #: Scoring methods: latent spatial restoration (the product) and the VQ-VAE reconstruction-error baseline.
 METHODS = ("lsr", "reconstruction")
 
@@ -189,5 +191,5 @@ def tiny_preset(region: str = "brain", image_size: int = 64) -> RegionConfig:
     return replace(full, vqvae=vq, prior=prior, n_slices=8)
 
 
-__all__ = ["REGIONS", "METHODS", "region_of_shape", "AugmentConfig", "VQVAEConfig", "PriorConfig", "RegionConfig",
+__all__ = ["REGIONS", "TASKS", "METHODS", "region_of_shape", "AugmentConfig", "VQVAEConfig", "PriorConfig", "RegionConfig",
            "region_preset", "narrow", "tiny_preset"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .config import METHODS, REGIONS, region_of_shape
+from .config import METHODS, REGIONS, TASKS, region_of_shape
 from .detector import DEFAULT_RESTORATIONS, Detector
 from .volume_io import (DEFAULT_MAX_VOXELS, InputError, is_nifti_name, list_inputs, load_volume,
                         output_path, remove_stale_temporaries, round_to_float16_, write_scores_nifti,
@@ -25,7 +25,6 @@ from .volume_io import (DEFAULT_MAX_VOXELS, InputError, is_nifti_name, list_inpu
 from .weights import WeightsError
 
 log = logging.getLogger("mood")
-TASKS = ("sample", "pixel")
 
 
 @dataclass
@@ -138,15 +137,11 @@ def predict(task: str, input: str | Path, output: str | Path, *, region: str = "
             det = detectors[reg]
             if isinstance(det, WeightsError):
                 raise det
+            scores = det.score(volume.data, task, method, slices, restorations, seed)
+            _check_scores(scores)
             if task == "sample":
-                score = (det.score_sample(volume.data, slices) if method == "lsr"
-                         else det.baseline_sample(volume.data, slices))
-                _check_scores(score)
-                write_text(out, f"{score!r}\n")
+                write_text(out, f"{scores!r}\n")
             else:
-                scores = (det.score_pixel(volume.data, slices, restorations, seed) if method == "lsr"
-                          else det.baseline_pixel(volume.data, slices))
-                _check_scores(scores)
                 write_scores_nifti(out, round_to_float16_(scores), volume)
             summary.scored.append(name)
         except Exception as exc:  # one bad case never stops the run; the expected kinds read plainly
