@@ -9,11 +9,12 @@ probability ``p``:
 - shape (one resampling, bilinear): elastic deformation (smooth random displacement field),
   scale in [0.85, 1.10] about the centre, rotation within +-5 degrees, flip of the a0 axis
   (left-right in the challenge layout); outside the image the background value is filled in;
-- intensity, on the image mapped to [0, 1] by the region's range ([-3, 3] std for brain,
-  [-1, 1] for abdomen): brightness and contrast +-0.15, Gaussian blur (kernel 3, 5 or 7 with
-  OpenCV's sigma rule), Gaussian noise with variance up to 0.001; then mapped back.
+- intensity, on the image mapped to [0, 1] by the region's range
+  (:attr:`mood.config.RegionConfig.augment_range`: [-3, 3] std for brain, [-1, 1] for abdomen):
+  brightness and contrast +-0.15, Gaussian blur (kernel 3, 5 or 7 with OpenCV's sigma rule),
+  Gaussian noise with variance up to 0.001; then mapped back.
 - added to the original's family, so that scanners and sequences it never saw count as normal:
-  gamma (contrast curve, log-uniform in [1/1.4, 1.4]) and, for brain MRI, a smooth multiplicative
+  gamma (contrast curve, log-uniform in [1/1.4, 1.4]) and, for MRI, a smooth multiplicative
   bias field (up to +-30 %, bicubic over a 4 x 4 control grid), as on coil-shaded scans.
 - brain: voxels that are background (exactly 0) after the shape step stay exactly 0.
 
@@ -23,44 +24,11 @@ gamma and bias field (above).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    p: float = 0.5
-    scale: tuple[float, float] = (0.85, 1.10)
-    rotate_deg: float = 5.0
-    flip: bool = True
-    #: elastic displacement: peak amplitude in pixels and control-grid spacing in pixels
-    elastic_px: float = 3.0
-    elastic_spacing: int = 16
-    brightness: float = 0.15
-    contrast: float = 0.15
-    blur_kernels: tuple[int, ...] = (3, 5, 7)
-    noise_var: float = 0.001
-    #: gamma in [1/gamma, gamma] (log-uniform), on the image mapped to [0, 1]
-    gamma: float = 1.4
-    #: multiplicative bias field exp(+-bias_field), smooth over a bias_grid x bias_grid control grid
-    bias_field: float = 0.0
-    bias_grid: int = 4
-    #: intensity range mapped to [0, 1] for the colour transforms
-    value_range: tuple[float, float] = (-3.0, 3.0)
-    #: value outside the body / beyond the image border
-    background: float = 0.0
-    #: keep background voxels (== background after the shape step) exactly at ``background``
-    keep_background: bool = True
-
-
-def region_augment_config(region: str) -> AugmentConfig:
-    if region == "brain":
-        return AugmentConfig(value_range=(-3.0, 3.0), background=0.0, keep_background=True, bias_field=0.3)
-    if region == "abdom":
-        return AugmentConfig(value_range=(-1.0, 1.0), background=-1.0, keep_background=False)
-    raise ValueError(f"unknown region {region!r}")
+from .config import AugmentConfig
 
 
 def _coin(n: int, p: float, g: torch.Generator) -> torch.Tensor:
@@ -162,4 +130,4 @@ def augment(x: torch.Tensor, generator: torch.Generator, cfg: AugmentConfig = Au
     return y.to(dtype)
 
 
-__all__ = ["AugmentConfig", "augment", "region_augment_config", "shape_grid"]
+__all__ = ["AugmentConfig", "augment", "shape_grid"]

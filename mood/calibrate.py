@@ -11,39 +11,27 @@ Out: the same directory's ``card.json`` with
   inside the body (normal tissue stays below 0.5 for all but 0.1 % of its voxels);
 - ``info["calibration"]``: files, settings, raw values and timing.
 
-Raw scores come from :class:`mood.detector.Detector` with the new thresholds, exactly as at
-inference. Pixel raw scores need restorations (slow on a CPU), so they use ``n_slices`` slices
+Raw scores come from the public stages of :class:`mood.detector.Detector` (``nll``,
+``pixel_raw``) with the new thresholds, exactly as at inference; the maps are fitted by
+:func:`mood.scoring.fit_sample_map` and :func:`mood.scoring.fit_pixel_map`. Pixel raw scores need restorations (slow on a CPU), so they use ``n_slices`` slices
 and ``restorations`` restorations per volume; the thresholds and the sample map use the
 inference default number of slices.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .config import CHALLENGE_SHAPES
+from . import scoring
+from .convert import ensure_challenge_form
 from .detector import Detector, resolve_weights
-from .volume_io import list_inputs, load_volume
-from .weights import Card, ScoreMap, write_card
-
-
-def load_challenge_volume(path: Path, region: str) -> np.ndarray:
-    """A volume in challenge form: used as is when it already is, else converted."""
-    vol = load_volume(path)
-    if tuple(vol.data.shape) == tuple(CHALLENGE_SHAPES[region]) and not vol.notes:
-        return vol.data
-    from .convert import to_challenge_form
-
-    data, _ = to_challenge_form(path, region)
-    return data
-
-
-def _body_mask(x: torch.Tensor, region: str) -> torch.Tensor:
-    """Voxels of normalised slices that are inside the body (not background / air)."""
-    return x != 0 if region == "brain" else x > -0.98
+from .slicing import body_mask
+from .volume_io import READABLE_SUFFIXES, list_inputs
+from .weights import Card, write_card
 
 
 def calibrate(region: str, data: Path, weights: Path, *, device: str = "auto",
@@ -59,43 +47,35 @@ def calibrate(region: str, data: Path, weights: Path, *, device: str = "auto",
     t0 = time.perf_counter()
     if n_slices is not None and n_slices < 3:
         raise ValueError(f"n_slices must be at least 3 (the pixel score smooths over 3 slices), got {n_slices}")
-    files = list_inputs(Path(data))
+    files = list_inputs(Path(data), READABLE_SUFFIXES)
     if not files:
-        raise ValueError(f"no NIfTI volumes in {data}")
+        raise ValueError(f"no volume files ({', '.join(READABLE_SUFFIXES)}) in {data}")
     det = Detector.load(region, weights, device)
-    card = det.card
-    vols = [load_challenge_volume(f, region) for f in files]
+    vols = [ensure_challenge_form(f, region)[0] for f in files]
 
     # 1. thresholds from the pooled per-code NLL at the inference slice count
-    nlls = []
-    for v in vols:
-        s = det.slices(v)
-        nlls.append(det.code_nll(det.encode(s), s.coord).flatten().double().cpu())
-    nll = torch.cat(nlls).numpy()
-    card.lambda_s = float(np.percentile(nll, sample_percentile))
-    card.lambda_p = float(np.percentile(nll, pixel_percentile))
+    nlls = [det.nll(v) for v in vols]  # (S, L, L) each
+    nll = torch.cat([n.flatten().double().cpu() for n in nlls]).numpy()
+    lambda_s = float(np.percentile(nll, sample_percentile))
+    lambda_p = float(np.percentile(nll, pixel_percentile))
 
-    # 2. sample map from the raw sample scores with the new lambda_s
-    sample_raw = [det.sample_raw(v) for v in vols]
-    s_scale = sample_margin * max(sample_raw)
-    if not s_scale > 0:
-        s_scale = 1.0
-    card.sample_map = ScoreMap(float(s_scale))
+    # 2. sample map from the raw sample scores of the same codes with the new lambda_s
+    sample_raw = [scoring.sample_raw_score(n, lambda_s) for n in nlls]
+    card = replace(det.card, lambda_s=lambda_s, lambda_p=lambda_p,
+                   sample_map=scoring.fit_sample_map(sample_raw, sample_margin))
+    s_scale = card.sample_map.scale
 
-    # 3. pixel map from the raw voxel scores inside the body, with the new lambda_p
+    # 3. pixel map from the raw voxel scores inside the body, restored with the new lambda_p
     pixel_info: dict = {"skipped": True}
     if pixel:
         tp = time.perf_counter()
+        det = det.with_card(card)
         values = []
         for i, v in enumerate(vols):
-            raw, _ = det.pixel_raw(v, n_slices, restorations, seed + i)
-            x = det.slices(v, n_slices).x
-            values.append(raw[_body_mask(x, region)].double().cpu())
+            raw, s = det.pixel_raw(v, n_slices, restorations, seed + i)
+            values.append(raw[body_mask(s.x, det.config)].double().cpu())
         pv = torch.cat(values).numpy()
-        p_scale = float(np.percentile(pv, pixel_scale_percentile)) if pv.size else 1.0
-        if not p_scale > 0:
-            p_scale = 1.0
-        card.pixel_map = ScoreMap(p_scale)
+        card = replace(card, pixel_map=scoring.fit_pixel_map(pv, pixel_scale_percentile))
         pixel_info = {"n_slices": n_slices, "restorations": restorations, "voxels": int(pv.size),
                       "raw_p50": float(np.percentile(pv, 50)) if pv.size else None,
                       "raw_p99": float(np.percentile(pv, 99)) if pv.size else None,
@@ -118,4 +98,4 @@ def calibrate(region: str, data: Path, weights: Path, *, device: str = "auto",
     return card
 
 
-__all__ = ["calibrate", "load_challenge_volume"]
+__all__ = ["calibrate"]

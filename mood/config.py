@@ -1,7 +1,9 @@
 """Model and region configuration: frozen dataclasses stored in every weights card.
 
-One function, :func:`region_preset`, names the architectures of the original method for each
-challenge region; tests build the same classes with tiny channel counts.
+One function, :func:`region_preset`, names every fact about a challenge region: the original
+method's architectures, the challenge's volume shape, the modality, the normalisation and the value
+it leaves outside the body, and the augmentation's intensity range. Tests build the same classes
+with tiny channel counts.
 """
 from __future__ import annotations
 
@@ -9,14 +11,12 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 REGIONS = ("brain", "abdom")
+#: The challenge's tasks: one score per volume, or one per voxel.
+TASKS = ("sample", "pixel")
 #: Scoring methods: latent spatial restoration (the product) and the VQ-VAE reconstruction-error baseline.
 METHODS = ("lsr", "reconstruction")
 #: Volumes a scoring run holds at once by default: one read ahead, one scored, one written behind.
 DEFAULT_IN_FLIGHT = 3
-
-#: Challenge volume shape per region; ``--region auto`` relies on it.
-CHALLENGE_SHAPES = {"brain": (256, 256, 256), "abdom": (512, 512, 512)}
-
 
 @dataclass(frozen=True)
 class VQVAEConfig:
@@ -59,16 +59,68 @@ class PriorConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation of normalised slices (:func:`mood.augment.augment`).
+
+    Built by :attr:`RegionConfig.augmentation`; the shared ranges are defaults here, the regional
+    ones (intensity range, background) come from the region's config.
+    """
+
+    p: float = 0.5
+    scale: tuple[float, float] = (0.85, 1.10)
+    rotate_deg: float = 5.0
+    flip: bool = True
+    #: elastic displacement: peak amplitude in pixels and control-grid spacing in pixels
+    elastic_px: float = 3.0
+    elastic_spacing: int = 16
+    brightness: float = 0.15
+    contrast: float = 0.15
+    blur_kernels: tuple[int, ...] = (3, 5, 7)
+    noise_var: float = 0.001
+    #: gamma in [1/gamma, gamma] (log-uniform), on the image mapped to [0, 1]
+    gamma: float = 1.4
+    #: multiplicative bias field exp(+-bias_field), smooth over a bias_grid x bias_grid control grid
+    bias_field: float = 0.0
+    bias_grid: int = 4
+    #: intensity range mapped to [0, 1] for the colour transforms
+    value_range: tuple[float, float] = (-3.0, 3.0)
+    #: value outside the body / beyond the image border
+    background: float = 0.0
+    #: keep background voxels (== background after the shape step) exactly at ``background``
+    keep_background: bool = True
+
+
+@dataclass(frozen=True)
 class RegionConfig:
-    """How a region's volumes become model inputs."""
+    """How a region's volumes become model inputs: every regional fact, stored in the card.
+
+    Cards written before a field existed load with the value of :func:`region_preset`.
+    """
 
     region: str
     vqvae: VQVAEConfig
     prior: PriorConfig
     #: "zscore": z-score of foreground voxels (> ``foreground_threshold``); "affine": 2x - 1.
     normalisation: str
+    #: (a0, a1, a2) of the challenge's volumes: ``--region auto`` and "already in challenge form".
+    challenge_shape: tuple[int, int, int]
+    #: "mri" (percentile scaling) or "ct" (Hounsfield window) when converting other volumes.
+    modality: str
+    #: The value :func:`mood.slicing.normalise` gives the background (air, outside the body).
+    background: float
+    #: Normalised intensities mapped to [0, 1] by augmentation's colour transforms.
+    augment_range: tuple[float, float]
     foreground_threshold: float = 0.05
     n_slices: int = 32
+
+    @property
+    def augmentation(self) -> AugmentConfig:
+        """This region's augmentation. "zscore" leaves the background exactly at ``background``,
+        so it is kept exact; after "affine" air and dark tissue share values, so it is not. A bias
+        field (coil shading) for MRI only: CT intensities are calibrated."""
+        return AugmentConfig(value_range=self.augment_range, background=self.background,
+                             keep_background=self.normalisation == "zscore",
+                             bias_field=0.3 if self.modality == "mri" else 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,11 +129,16 @@ class RegionConfig:
     def from_dict(cls, d: dict[str, Any]) -> "RegionConfig":
         vq = dict(d["vqvae"])
         vq["channels"] = tuple(vq["channels"])
+        preset = region_preset(d["region"])  # regional facts that older cards do not record
         return cls(
             region=d["region"],
             vqvae=VQVAEConfig(**vq),
             prior=PriorConfig(**d["prior"]),
             normalisation=d["normalisation"],
+            challenge_shape=tuple(d.get("challenge_shape", preset.challenge_shape)),
+            modality=d.get("modality", preset.modality),
+            background=float(d.get("background", preset.background)),
+            augment_range=tuple(d.get("augment_range", preset.augment_range)),
             foreground_threshold=d.get("foreground_threshold", 0.05),
             n_slices=d.get("n_slices", 32),
         )
@@ -95,6 +152,10 @@ def region_preset(region: str) -> RegionConfig:
             vqvae=VQVAEConfig(channels=(16, 32, 64, 256)),
             prior=PriorConfig(latent_size=20, first_kernel=7, attention_downsample=2),
             normalisation="zscore",
+            challenge_shape=(256, 256, 256),
+            modality="mri",
+            background=0.0,
+            augment_range=(-3.0, 3.0),  # +-3 standard deviations of the foreground
         )
     if region == "abdom":
         return RegionConfig(
@@ -102,8 +163,17 @@ def region_preset(region: str) -> RegionConfig:
             vqvae=VQVAEConfig(channels=(16, 32, 64, 128, 256)),
             prior=PriorConfig(latent_size=10, first_kernel=3, attention_downsample=1),
             normalisation="affine",
+            challenge_shape=(512, 512, 512),
+            modality="ct",
+            background=-1.0,
+            augment_range=(-1.0, 1.0),
         )
     raise ValueError(f"unknown region {region!r}; expected one of {', '.join(REGIONS)}")
+
+
+def region_of_shape(shape: tuple[int, ...]) -> str | None:
+    """The region whose challenge volumes have ``shape`` (brain 256^3, abdomen 512^3), else None."""
+    return next((r for r in REGIONS if region_preset(r).challenge_shape == tuple(shape)), None)
 
 
 def narrow(config: RegionConfig, width: float) -> RegionConfig:
@@ -127,9 +197,8 @@ def tiny_preset(region: str = "brain", image_size: int = 64) -> RegionConfig:
     prior = PriorConfig(n_codes=16, latent_size=vq.latent_size, channels=16, n_blocks=2,
                         n_res_blocks=1, first_kernel=full.prior.first_kernel,
                         attention_downsample=full.prior.attention_downsample, key_size=8)
-    return RegionConfig(region=region, vqvae=vq, prior=prior, normalisation=full.normalisation,
-                        n_slices=8)
+    return replace(full, vqvae=vq, prior=prior, n_slices=8)
 
 
-__all__ = ["REGIONS", "CHALLENGE_SHAPES", "VQVAEConfig", "PriorConfig", "RegionConfig",
+__all__ = ["REGIONS", "TASKS", "METHODS", "region_of_shape", "AugmentConfig", "VQVAEConfig", "PriorConfig", "RegionConfig",
            "region_preset", "narrow", "tiny_preset"]

@@ -2,13 +2,14 @@
 
 In: a NIfTI file (``.nii``, ``.nii.gz``) or any other single-channel 3-D format SimpleITK reads
 (``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``). Out: ``(data, affine)`` with ``data`` float32 of shape
-``CHALLENGE_SHAPES[region]`` (or a smaller ``shape`` for quick runs) and ``affine`` a (4, 4) float64
+the region's challenge shape (or a smaller ``shape`` for quick runs) and ``affine`` a (4, 4) float64
 voxel-to-world (RAS+, millimetres) matrix that describes the new grid exactly.
 
 The steps, in order:
 
-1. **Read** (nibabel for NIfTI, SimpleITK otherwise; ITK's LPS world is turned into RAS), take a
-   4-D file with a single volume as 3-D, replace non-finite values by the finite minimum/maximum.
+1. **Read** with :func:`mood.volume_io.read_volume` (nibabel for NIfTI, SimpleITK otherwise; ITK's
+   LPS world is turned into RAS): a 4-D file with a single volume is taken as 3-D, non-finite values
+   are replaced by the finite minimum/maximum.
 2. **Reorient** to the closest canonical RAS orientation (``nibabel.as_closest_canonical``): array
    axes (a0, a1, a2) point to patient Right, Anterior, Superior, so axis a2 is axial, as the
    challenge stores its volumes. Oblique headers keep their small rotation in the affine.
@@ -39,16 +40,13 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from .config import CHALLENGE_SHAPES, REGIONS
-from .volume_io import atomic_write
+from .config import REGIONS, region_preset
+from .volume_io import (READABLE_SUFFIXES, InputError, Volume, atomic_write, fit_unit_range, list_inputs,
+                        needs_rescale, read_volume)
 
 log = logging.getLogger(__name__)
 
-#: File name endings this module reads (NIfTI through nibabel, the rest through SimpleITK).
-READABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 MODALITIES = ("mri", "ct")
-#: Modality assumed for each challenge region when none is given.
-REGION_MODALITY = {"brain": "mri", "abdom": "ct"}
 #: Default CT window in Hounsfield units mapped onto [0, 1].
 CT_WINDOW = (-1000.0, 1000.0)
 #: Padding around the object: the grid spans ``margin`` times the object's largest extent.
@@ -63,80 +61,6 @@ def strip_suffix(name: str) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
-
-
-def is_readable_name(path: Path) -> bool:
-    """Whether ``path`` has a volume file ending this module reads (hidden files excluded)."""
-    name = Path(path).name
-    return not name.startswith(".") and name.lower().endswith(READABLE_SUFFIXES)
-
-
-# -- reading ---------------------------------------------------------------------------------
-def read_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read any supported file as ``(data, affine)``.
-
-    Returns ``data`` float32 (a0, a1, a2), finite, in the file's own array order and units, and
-    ``affine`` (4, 4) float64 voxel -> RAS+ world in mm. Raises ``ValueError`` naming the file and
-    the reason if the file is missing, unreadable, not 3-D, or has no finite value.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    name = path.name.lower()
-    if name.endswith((".nii", ".nii.gz")):
-        try:
-            img = nib.load(str(path))
-            data = np.asarray(img.dataobj, dtype=np.float32)
-        except Exception as exc:  # nibabel raises many types for junk
-            raise ValueError(f"{path}: not a readable NIfTI ({type(exc).__name__}: {exc})") from None
-        affine = np.asarray(img.affine, dtype=np.float64)
-    elif name.endswith(READABLE_SUFFIXES):
-        data, affine = _read_sitk(path)
-    else:
-        raise ValueError(f"{path}: unsupported file type; expected one of {', '.join(READABLE_SUFFIXES)}")
-
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise ValueError(f"{path}: expected a 3-D volume (or 4-D with one volume), got shape {data.shape}")
-    if min(data.shape) < 2:
-        raise ValueError(f"{path}: shape {data.shape} has an axis shorter than 2 voxels")
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise ValueError(f"{path}: header affine is not finite or is singular")
-    finite = np.isfinite(data)
-    if not finite.all():
-        if not finite.any():
-            raise ValueError(f"{path}: no finite voxel values")
-        lo, hi = float(data[finite].min()), float(data[finite].max())
-        log.warning("%s: %d non-finite voxels replaced by the finite minimum/maximum",
-                    path, int((~finite).sum()))
-        np.nan_to_num(data, copy=False, nan=lo, posinf=hi, neginf=lo)
-    return data, affine
-
-
-def _read_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """SimpleITK image -> (data (x, y, z) float32, RAS affine)."""
-    import SimpleITK as sitk
-
-    try:
-        image = sitk.ReadImage(str(path))
-    except Exception as exc:
-        raise ValueError(f"{path}: not readable by SimpleITK ({exc})") from None
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(f"{path}: {image.GetNumberOfComponentsPerPixel()} components per voxel; "
-                         "expected a single-channel (scalar) volume")
-    if image.GetDimension() != 3:
-        raise ValueError(f"{path}: {image.GetDimension()}-D image; expected 3-D")
-    # GetArrayFromImage gives (z, y, x); our arrays are indexed (x, y, z) like nibabel's.
-    data = np.ascontiguousarray(sitk.GetArrayViewFromImage(image).transpose(2, 1, 0), dtype=np.float32)
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
-    origin = np.asarray(image.GetOrigin(), dtype=np.float64)
-    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
-    affine = np.eye(4)
-    affine[:3, :3] = lps_to_ras @ direction @ np.diag(spacing)
-    affine[:3, 3] = lps_to_ras @ origin
-    return data, affine
 
 
 # -- geometry --------------------------------------------------------------------------------
@@ -278,7 +202,7 @@ def _check_shape(shape: tuple[int, ...] | None, region: str) -> tuple[int, int, 
     if region not in REGIONS:
         raise ValueError(f"unknown region {region!r}; expected one of {', '.join(REGIONS)}")
     if shape is None:
-        return tuple(CHALLENGE_SHAPES[region])  # type: ignore[return-value]
+        return region_preset(region).challenge_shape
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 2:
         raise ValueError(f"shape {shape}: expected three sizes of at least 2 voxels")
@@ -307,13 +231,33 @@ def to_challenge_form(path: str | Path, region: str, *, shape: tuple[int, int, i
         axis-aligned inputs).
     """
     target = _check_shape(shape, region)
-    modality = REGION_MODALITY[region] if modality is None else modality
+    modality = region_preset(region).modality if modality is None else modality
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
     if not margin >= 1.0:
         raise ValueError(f"margin {margin}: must be at least 1 (the grid must cover the object)")
 
-    data, affine = read_volume(path)
+    return _convert(_read(path), target, modality, margin, ct_window, orientation)
+
+
+def _read(path: str | Path) -> Volume:
+    """:func:`mood.volume_io.read_volume` with the file named in its errors and notes."""
+    try:
+        volume = read_volume(Path(path))
+    except InputError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    for note in volume.notes:
+        log.warning("%s: %s", path, note)
+    return volume
+
+
+def _convert(volume: Volume, target: tuple[int, int, int], modality: str, margin: float = DEFAULT_MARGIN,
+             ct_window: tuple[float, float] = CT_WINDOW,
+             orientation: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The steps of :func:`to_challenge_form` on a volume read in its own units (arguments checked)."""
+    data, affine = volume.data, volume.affine
+    if min(data.shape) < 2:
+        raise ValueError(f"{volume.path}: shape {data.shape} has an axis shorter than 2 voxels")
     if orientation is not None:
         affine = override_orientation(data, affine, orientation)
     data, affine = to_canonical(data, affine)
@@ -328,6 +272,27 @@ def to_challenge_form(path: str | Path, region: str, *, shape: tuple[int, int, i
     return out, new_affine
 
 
+def ensure_challenge_form(path: str | Path, region: str, *, shape: tuple[int, int, int] | None = None
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """One volume file in challenge form, for training, calibration and make-toy alike.
+
+    A volume already in challenge form -- the region's challenge shape (or ``shape``) and values
+    that inference would at most clip into [0, 1], not rescale -- is returned exactly as
+    inference reads it (:func:`mood.volume_io.load_volume`: the array as stored, no reorientation,
+    crop or intensity mapping), so that its slices are the ones the detector scores. Any other
+    volume goes through :func:`to_challenge_form`.
+
+    Returns ``(data, affine)``: float32 (a0, a1, a2) in [0, 1] and the (4, 4) float64 affine.
+    """
+    target = _check_shape(shape, region)
+    volume = _read(path)
+    data = volume.data
+    if data.shape == target and not needs_rescale(float(data.min()), float(data.max())):
+        volume = fit_unit_range(volume)
+        return volume.data, volume.affine
+    return _convert(volume, target, region_preset(region).modality)
+
+
 def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray, dtype: type = np.float32) -> Path:
     """Write ``data`` with ``affine`` (qform and sform code 1) atomically: temp file, then rename."""
     path = Path(path)
@@ -340,16 +305,6 @@ def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray, dtype: type = n
     return path
 
 
-def list_volumes(path: Path) -> list[Path]:
-    """Readable volume files in a folder (sorted, non-recursive), or ``[path]`` for a file."""
-    path = Path(path)
-    if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.is_file() and is_readable_name(p))
-    if path.is_file():
-        return [path]
-    raise ValueError(f"{path}: no such file or folder")
-
-
 def convert_folder(input: Path, output: Path, region: str, **options) -> list[Path]:
     """Convert every volume in ``input`` (a folder or one file) into ``output/<name>.nii.gz``.
 
@@ -360,7 +315,7 @@ def convert_folder(input: Path, output: Path, region: str, **options) -> list[Pa
     """
     input, output = Path(input), Path(output)
     _check_shape(options.get("shape"), region)
-    files = list_volumes(input)
+    files = list_inputs(input, READABLE_SUFFIXES)
     if not files:
         raise ValueError(f"{input}: no volume files ({', '.join(READABLE_SUFFIXES)})")
     output.mkdir(parents=True, exist_ok=True)
@@ -380,7 +335,6 @@ def convert_folder(input: Path, output: Path, region: str, **options) -> list[Pa
     return written
 
 
-__all__ = ["READABLE_SUFFIXES", "MODALITIES", "REGION_MODALITY", "CT_WINDOW", "read_volume",
-           "to_canonical", "override_orientation", "foreground_mask", "object_grid", "resample",
-           "scale_intensities", "to_challenge_form", "save_nifti", "list_volumes",
-           "convert_folder", "strip_suffix", "is_readable_name"]
+__all__ = ["MODALITIES", "CT_WINDOW", "to_canonical", "override_orientation",
+           "foreground_mask", "object_grid", "resample", "scale_intensities", "to_challenge_form",
+           "ensure_challenge_form", "save_nifti", "convert_folder", "strip_suffix"]

@@ -1,7 +1,9 @@
 """The detector: a volume in [0, 1] -> a sample score or a voxel score map, for one region.
 
 Pipeline (one way): volume -> slices (slicing) -> codes (VQ-VAE) -> NLL / restorations (prior)
--> scores (scoring) -> volume grid (slicing) -> calibrated [0, 1) (weights.ScoreMap).
+-> scores (scoring) -> volume grid (slicing) -> calibrated [0, 1) (scoring.ScoreMap).
+:meth:`Detector.score` is the one entry point for a task and a method (LSR or the reconstruction
+baseline); calibration uses the raw stages :meth:`Detector.nll` and :meth:`Detector.pixel_raw`.
 """
 from __future__ import annotations
 
@@ -12,15 +14,14 @@ import numpy as np
 import torch
 
 from . import scoring
+from .config import METHODS, TASKS
 from .device import resolve_device
 from .networks import VQVAE, PixelSNAIL, code_nll
 from .restoration import draw_uniforms, restore, unique_states
 from .slicing import SliceGrid, extract_slices, normalise, slice_grid, slices_to_volume
-from .weights import Card, ScoreMap, WeightsError, default_weights_dir, load_prior, load_vqvae, read_card
+from .weights import Card, WeightsError, default_weights_dir, load_prior, load_vqvae, read_card
 
 DEFAULT_RESTORATIONS = 15
-#: The baseline is not calibrated: any strictly increasing map into [0, 1) leaves its AP unchanged.
-BASELINE_MAP = ScoreMap(1.0)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,12 @@ class Detector:
         return cls(load_vqvae(directory, card), load_prior(directory, card), card,
                    resolve_device(device))
 
+    def with_card(self, card: Card) -> "Detector":
+        """The same models with another card of the same architecture (new thresholds or maps)."""
+        if card.config != self.config:
+            raise ValueError("the card describes another architecture than this detector's models")
+        return Detector(self.vqvae, self.prior, card, self.device)
+
     # -- stages ---------------------------------------------------------------------------
     def slices(self, volume: np.ndarray | torch.Tensor, n_slices: int | None = None) -> Slices:
         """Volume (a0, a1, a2) in [0, 1] -> normalised slices, positions and the slice grid."""
@@ -115,16 +122,36 @@ class Detector:
         return (s.x - self.decode(self.encode(s), s.coord)).abs()
 
     # -- scores ---------------------------------------------------------------------------
-    def sample_raw(self, volume: np.ndarray | torch.Tensor, n_slices: int | None = None) -> float:
+    def score(self, volume: np.ndarray | torch.Tensor, task: str, method: str = "lsr",
+              n_slices: int | None = None, restorations: int = DEFAULT_RESTORATIONS,
+              seed: int = 0) -> float | np.ndarray:
+        """The challenge's output for ``task``: one float in [0, 1) ("sample") or voxel scores in
+        [0, 1) on the input's grid (a0, a1, a2) ("pixel"), by latent spatial restoration ("lsr")
+        or the VQ-VAE's reconstruction error ("reconstruction", which needs no restorations)."""
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, not {task!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+        if task == "sample":
+            return (self.score_sample(volume, n_slices) if method == "lsr"
+                    else self.baseline_sample(volume, n_slices))
+        return (self.score_pixel(volume, n_slices, restorations, seed) if method == "lsr"
+                else self.baseline_pixel(volume, n_slices))
+
+    def nll(self, volume: np.ndarray | torch.Tensor, n_slices: int | None = None) -> torch.Tensor:
+        """Per-code NLL (S, L, L) of the volume's scored slices under the prior."""
         s = self.slices(volume, n_slices)
-        return scoring.sample_raw_score(self.code_nll(self.encode(s), s.coord), self.card.threshold_sample)
+        return self.code_nll(self.encode(s), s.coord)
+
+    def sample_raw(self, volume: np.ndarray | torch.Tensor, n_slices: int | None = None) -> float:
+        return scoring.sample_raw_score(self.nll(volume, n_slices), self.card.threshold_sample)
 
     def pixel_raw(self, volume: np.ndarray | torch.Tensor, n_slices: int | None = None,
-                  restorations: int = DEFAULT_RESTORATIONS, seed: int = 0) -> tuple[torch.Tensor, SliceGrid]:
-        """Smoothed slice scores (S, size, size) before calibration, and their slice grid."""
+                  restorations: int = DEFAULT_RESTORATIONS, seed: int = 0) -> tuple[torch.Tensor, Slices]:
+        """Smoothed slice scores (S, size, size) before calibration, and the slices they score."""
         s = self.slices(volume, n_slices)
         rec = self.restorations(s, self.encode(s), restorations, seed)
-        return scoring.smooth(scoring.restoration_distance(s.x, rec)), s.grid
+        return scoring.smooth(scoring.restoration_distance(s.x, rec)), s
 
     def score_sample(self, volume: np.ndarray | torch.Tensor, n_slices: int | None = None) -> float:
         """One score in [0, 1) for the whole volume."""
@@ -133,15 +160,15 @@ class Detector:
     def score_pixel(self, volume: np.ndarray | torch.Tensor, n_slices: int | None = None,
                     restorations: int = DEFAULT_RESTORATIONS, seed: int = 0) -> np.ndarray:
         """Voxel scores in [0, 1) on the input's grid (a0, a1, a2), float32, Fortran order."""
-        raw, grid = self.pixel_raw(volume, n_slices, restorations, seed)
-        return slices_to_volume(self.card.pixel_map(raw), grid)
+        raw, s = self.pixel_raw(volume, n_slices, restorations, seed)
+        return slices_to_volume(self.card.pixel_map(raw), s.grid)
 
     def baseline_sample(self, volume: np.ndarray | torch.Tensor, n_slices: int | None = None) -> float:
         """Reconstruction-error baseline: the mean error over the scored slices, mapped into [0, 1)."""
         err = self.reconstruction_error(self.slices(volume, n_slices))
-        return float(BASELINE_MAP(err.double().mean()))
+        return float(scoring.BASELINE_MAP(err.double().mean()))
 
     def baseline_pixel(self, volume: np.ndarray | torch.Tensor, n_slices: int | None = None) -> np.ndarray:
         """Reconstruction-error baseline: the voxel error on the input's grid, mapped into [0, 1)."""
         s = self.slices(volume, n_slices)
-        return slices_to_volume(BASELINE_MAP(self.reconstruction_error(s)), s.grid)
+        return slices_to_volume(scoring.BASELINE_MAP(self.reconstruction_error(s)), s.grid)

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from .config import CHALLENGE_SHAPES, DEFAULT_IN_FLIGHT, METHODS, REGIONS
+from .config import DEFAULT_IN_FLIGHT, METHODS, REGIONS, TASKS, region_of_shape
 from .detector import DEFAULT_RESTORATIONS, Detector
 from .overlap import Overlap
 from .shard import Shard
@@ -31,7 +31,6 @@ from .volume_io import (DEFAULT_MAX_VOXELS, InputError, Volume, is_nifti_name, l
 from .weights import WeightsError
 
 log = logging.getLogger("mood")
-TASKS = ("sample", "pixel")
 
 
 @dataclass
@@ -87,9 +86,9 @@ def _check_scores(scores: np.ndarray | float) -> None:
 
 def infer_region(shape: tuple[int, ...]) -> str:
     """Brain for 256^3, abdomen for 512^3; anything else needs an explicit --region."""
-    for region, expected in CHALLENGE_SHAPES.items():
-        if tuple(shape) == expected:
-            return region
+    region = region_of_shape(shape)
+    if region is not None:
+        return region
     raise InputError(f"cannot tell the region from shape {tuple(shape)} (brain is 256x256x256, "
                      f"abdomen 512x512x512); pass --region brain or --region abdom")
 
@@ -160,14 +159,10 @@ def predict(task: str, input: str | Path, output: str | Path, *, region: str = "
         det = detectors[reg]
         if isinstance(det, WeightsError):
             raise det
-        if task == "sample":
-            value = (det.score_sample(volume.data, slices) if method == "lsr"
-                     else det.baseline_sample(volume.data, slices))
-            _check_scores(value)
-            return lambda: write_text(out, f"{value!r}\n")
-        scores = (det.score_pixel(volume.data, slices, restorations, seed) if method == "lsr"
-                  else det.baseline_pixel(volume.data, slices))
+        scores = det.score(volume.data, task, method, slices, restorations, seed)
         _check_scores(scores)
+        if task == "sample":
+            return lambda: write_text(out, f"{scores!r}\n")
         return lambda: write_scores_nifti(out, round_to_float16_(scores), volume)
 
     writes: list[tuple[Path, Future]] = []

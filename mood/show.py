@@ -18,6 +18,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from .volume_io import InputError, read_volume
+
 #: Scores at or below this fraction of the colour range are not drawn (the anatomy stays visible);
 #: above it the overlay's opacity grows with the score up to OVERLAY_ALPHA at half the range.
 OVERLAY_FLOOR = 0.05
@@ -35,19 +37,14 @@ def _ensure_mpl_config() -> None:
 
 
 def _load(item: Path | str | np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """An array as it is (no affine), or a file through :func:`mood.volume_io.read_volume`."""
     if isinstance(item, np.ndarray):
         return item, None
-    path = Path(item)
-    if not path.is_file():
-        raise ValueError(f"{what} {path}: no such file")
     try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as exc:
-        raise ValueError(f"{what} {path}: not a readable NIfTI ({type(exc).__name__}: {exc})") from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    return data, np.asarray(img.affine, dtype=np.float64)
+        volume = read_volume(Path(item))
+    except InputError as exc:
+        raise ValueError(f"{what} {item}: {exc}") from None
+    return volume.data, volume.affine
 
 
 def to_ras(data: np.ndarray, affine: np.ndarray) -> np.ndarray:

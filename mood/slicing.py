@@ -64,8 +64,8 @@ def normalise(slices: torch.Tensor, volume: torch.Tensor, config: RegionConfig) 
     """Map [0, 1] slices (n, S, S) to the networks' intensity scale.
 
     "zscore" (brain): foreground (values above the threshold) standardised with the mean and
-    standard deviation of the whole volume's foreground; background exactly 0.
-    "affine" (abdomen): 2x - 1.
+    standard deviation of the whole volume's foreground; background exactly ``config.background``.
+    "affine" (abdomen): 2x - 1 (air, 0, becomes ``config.background`` = -1).
     """
     if config.normalisation == "affine":
         return slices * 2 - 1
@@ -73,7 +73,22 @@ def normalise(slices: torch.Tensor, volume: torch.Tensor, config: RegionConfig) 
         raise ValueError(f"unknown normalisation {config.normalisation!r}")
     mu, sigma = foreground_stats(volume, config.foreground_threshold)
     fg = slices > config.foreground_threshold
-    return torch.where(fg, (slices - mu) / sigma, torch.zeros_like(slices))
+    return torch.where(fg, (slices - mu) / sigma, torch.full_like(slices, config.background))
+
+
+#: After "affine", air lies slightly above the background (interpolation, noise): 1 % of [0, 1].
+AIR_MARGIN = 0.02
+
+
+def body_mask(x: torch.Tensor, config: RegionConfig) -> torch.Tensor:
+    """Voxels of normalised slices ``x`` (n, S, S) inside the body: bool (n, S, S).
+
+    "zscore" sets everything outside the foreground to exactly ``config.background``; after
+    "affine", air is within :data:`AIR_MARGIN` of it.
+    """
+    if config.normalisation == "zscore":
+        return x != config.background
+    return x > config.background + AIR_MARGIN
 
 
 def foreground_stats(volume: torch.Tensor, threshold: float) -> tuple[float, float]:

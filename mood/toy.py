@@ -13,8 +13,8 @@ predictions share the case's file name, with ``.txt`` appended for the sample ta
 (``<case>.nii.gz.txt``). The manifest sits beside ``toy/``, not in it, so that a predictor run on
 ``toy/`` sees only volumes.
 
-Inputs already in challenge form (the region's shape, values in [0, 1]) are used as they are;
-others are converted (:func:`mood.convert.to_challenge_form`). ``size`` writes smaller volumes for
+Inputs already in challenge form are used exactly as inference reads them, others are converted
+(one rule for training, calibration and make-toy: :func:`mood.convert.ensure_challenge_form`). ``size`` writes smaller volumes for
 quick runs (the predictor then needs an explicit ``--region``). Case ``i`` draws from its own
 generator ``default_rng([seed, i])``: the same seed gives the same set, whatever the order.
 """
@@ -26,13 +26,12 @@ from dataclasses import asdict, dataclass, field
 from itertools import zip_longest
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from .anomalies import KINDS, insert_anomaly_spec
-from .config import CHALLENGE_SHAPES, REGIONS
-from .convert import list_volumes, save_nifti, to_challenge_form
-from .volume_io import write_text
+from .config import REGIONS, region_of_shape
+from .convert import ensure_challenge_form, save_nifti
+from .volume_io import READABLE_SUFFIXES, list_inputs, read_volume, write_text
 
 log = logging.getLogger(__name__)
 
@@ -67,42 +66,6 @@ class ToySummary:
     @property
     def n_normal(self) -> int:
         return self.n_cases - self.n_anomalous
-
-
-def _is_challenge_form(shape: tuple[int, ...], lo: float, hi: float, region: str | None,
-                       size: tuple[int, int, int] | None) -> bool:
-    expected = [tuple(size)] if size is not None else (
-        [tuple(CHALLENGE_SHAPES[region])] if region else [tuple(s) for s in CHALLENGE_SHAPES.values()])
-    return tuple(shape) in expected and lo >= 0.0 and hi <= 1.0
-
-
-def _region_from_shape(shape: tuple[int, ...]) -> str | None:
-    for region, s in CHALLENGE_SHAPES.items():
-        if tuple(s) == tuple(shape):
-            return region
-    return None
-
-
-def load_normal(path: Path, region: str, size: tuple[int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One normal volume in challenge form: ``(data float32 (a0, a1, a2) in [0, 1], affine)``.
-
-    A NIfTI that already has the target shape and values in [0, 1] is kept as it is; anything
-    else goes through :func:`mood.convert.to_challenge_form`.
-    """
-    name = path.name.lower()
-    if name.endswith((".nii", ".nii.gz")):
-        try:
-            img = nib.load(str(path))
-        except Exception as exc:
-            raise ValueError(f"{path}: not a readable NIfTI ({type(exc).__name__}: {exc})") from None
-        shape = tuple(img.shape[:3]) if len(img.shape) == 3 or img.shape[3:] == (1,) else tuple(img.shape)
-        target = tuple(size) if size is not None else tuple(CHALLENGE_SHAPES[region])
-        if shape == target:
-            data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
-            if np.isfinite(data).all() and _is_challenge_form(shape, float(data.min()), float(data.max()),
-                                                              region, size):
-                return data, np.asarray(img.affine, dtype=np.float64)
-    return to_challenge_form(path, region, shape=size)
 
 
 def _check_args(count: int, normal_fraction: float, region: str | None,
@@ -156,12 +119,11 @@ def make_toy(input: Path, output: Path, count: int, seed: int, region: str | Non
     kinds = tuple(kinds)
     _check_args(count, normal_fraction, region, size, kinds)
     size = None if size is None else tuple(int(s) for s in size)  # type: ignore[assignment]
-    sources = list_volumes(input)
+    sources = list_inputs(input, READABLE_SUFFIXES)
     if not sources:
         raise ValueError(f"{input}: no volume files")
     if region is None:
-        first = nib.load(str(sources[0])) if sources[0].name.lower().endswith((".nii", ".nii.gz")) else None
-        region = _region_from_shape(tuple(first.shape[:3])) if first is not None else None
+        region = region_of_shape(read_volume(sources[0]).data.shape)
         if region is None:
             raise ValueError(f"cannot tell the region of {sources[0]} from its shape; pass region "
                              f"('brain' or 'abdom')")
@@ -191,7 +153,7 @@ def make_toy(input: Path, output: Path, count: int, seed: int, region: str | Non
         mine = [(i, kind) for i, kind in plan if i % len(sources) == s]
         if not mine:
             continue
-        normal, affine = load_normal(source, region, size)
+        normal, affine = ensure_challenge_form(source, region, shape=size)
         shape_out = tuple(normal.shape)  # type: ignore[assignment]
         for i, kind in mine:
             name = f"{CASE_PREFIX}{i:0{width}d}.nii.gz"
@@ -231,4 +193,4 @@ def summary_dict(summary: ToySummary) -> dict:
     return d
 
 
-__all__ = ["ToyCase", "ToySummary", "make_toy", "load_normal", "summary_dict", "MANIFEST"]
+__all__ = ["ToyCase", "ToySummary", "make_toy", "summary_dict", "MANIFEST"]

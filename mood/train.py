@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from .augment import AugmentConfig, augment, region_augment_config
+from .augment import AugmentConfig, augment
 from .config import RegionConfig, narrow, region_preset, tiny_preset
 from .networks import VQVAE, PixelSNAIL, vq_losses
 from .training_data import SliceBank, fixed_batch, load_banks, provenance, sample_batch, split_files
@@ -328,7 +328,7 @@ def _loop(*, kind: str, region: str, data: Path, out: Path, settings: TrainSetti
     train_banks, hold_banks = load_banks(Path(data), config, holdout, cache_dir,
                                            tuple(volume_shape) if volume_shape else None)
     train_files, hold_files = split_files(Path(data), holdout)
-    aug = region_augment_config(region) if settings.augment else None
+    aug = config.augmentation if settings.augment else None
 
     model.to(d.device)
     if settings.channels_last:

@@ -1,7 +1,8 @@
 """Training volumes -> random normalised slices with their relative positions.
 
-In: a folder of NIfTI volumes on any grid. Each is converted once to challenge form
-(:func:`mood.convert.to_challenge_form`: [0, 1], 256^3 brain or 512^3 abdomen), then every plane
+In: a folder of volume files (NIfTI, NRRD, MHA) on any grid. Each is brought into challenge form once
+(:func:`mood.convert.ensure_challenge_form`: a volume already in that form is used exactly as
+inference reads it, any other is converted to [0, 1], 256^3 brain or 512^3 abdomen), then every plane
 along the slice axis is passed through exactly the inference pipeline -- :class:`SliceGrid`,
 :func:`extract_slices`, :func:`normalise` -- and kept as a :class:`SliceBank` (one normalised
 ``size`` x ``size`` slice and one relative position per plane). Training then draws planes at
@@ -27,10 +28,11 @@ from safetensors.torch import load_file, save_file
 
 from .config import RegionConfig
 from .slicing import SliceGrid, extract_slices, normalise, slice_grid
-from .volume_io import list_inputs
+from .volume_io import READABLE_SUFFIXES, list_inputs
 
-#: Bump when the bank contents change meaning (invalidates caches).
-BANK_VERSION = 1
+#: Bump when the bank contents change meaning (invalidates caches). 2: volumes already in
+#: challenge form are no longer converted.
+BANK_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ def _cache_key(path: Path, config: RegionConfig, shape: tuple[int, int, int] | N
     st = path.stat()
     key = {"v": BANK_VERSION, "name": path.name, "size": st.st_size,
            "mtime": int(st.st_mtime), "region": config.region,
-           "norm": config.normalisation, "thr": config.foreground_threshold,
+           "norm": config.normalisation, "thr": config.foreground_threshold, "bg": config.background,
            "image_size": config.vqvae.image_size}
     if shape is not None:
         key["shape"] = list(shape)
@@ -80,9 +82,9 @@ def _cache_key(path: Path, config: RegionConfig, shape: tuple[int, int, int] | N
 
 def load_bank(path: Path, config: RegionConfig, cache_dir: Path | None = None,
               shape: tuple[int, int, int] | None = None) -> SliceBank:
-    """Convert ``path`` (cached in ``cache_dir`` when given) and return its bank.
+    """Bring ``path`` into challenge form (cached in ``cache_dir`` when given) and return its bank.
 
-    ``shape`` overrides the challenge shape of the conversion (tests and quick runs only).
+    ``shape`` overrides the region's challenge shape (tests and quick runs only).
     """
     path = Path(path)
     cached = None
@@ -91,11 +93,9 @@ def load_bank(path: Path, config: RegionConfig, cache_dir: Path | None = None,
         if cached.is_file():
             t = load_file(str(cached))
             return SliceBank(name=path.name, slices=t["slices"], positions=t["positions"])
-    from .convert import (
-        to_challenge_form,  # imported late: conversion pulls in SimpleITK
-    )
+    from .convert import ensure_challenge_form  # imported late: conversion pulls in scipy
 
-    volume, _ = to_challenge_form(path, config.region, shape=shape)
+    volume, _ = ensure_challenge_form(path, config.region, shape=shape)
     bank = volume_to_bank(volume, config, path.name)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -111,10 +111,10 @@ def _matches(path: Path, names: list[str]) -> bool:
 
 
 def split_files(data: Path, holdout: list[str] | None) -> tuple[list[Path], list[Path]]:
-    """NIfTI files under ``data`` split into (train, holdout) by file name or stem."""
-    files = list_inputs(Path(data))
+    """Volume files under ``data`` split into (train, holdout) by file name or stem."""
+    files = list_inputs(Path(data), READABLE_SUFFIXES)
     if not files:
-        raise ValueError(f"no NIfTI volumes (.nii, .nii.gz) in {data}")
+        raise ValueError(f"no volume files ({', '.join(READABLE_SUFFIXES)}) in {data}")
     names = list(holdout or [])
     unknown = [n for n in names if not any(_matches(f, [n]) for f in files)]
     if unknown:

@@ -1,8 +1,9 @@
-"""Files -> volume and scores -> files: validated NIfTI reading and atomic writing.
+"""Files -> volume and scores -> files: the one validated reader, the one lister, atomic writing.
 
 A :class:`Volume` holds one input as float32 in the challenge's array layout (a0, a1, a2) (slices
 along a2) with the header it came with; everything downstream works on it and the writers put the
-exact shape and affine back.
+exact shape and affine back. :func:`read_volume` reads any supported file in its own units;
+:func:`load_volume` is what inference scores: a NIfTI brought into [0, 1].
 """
 from __future__ import annotations
 
@@ -15,13 +16,15 @@ import tempfile
 import warnings
 import zlib
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: Every file ending :func:`read_volume` reads (NIfTI through nibabel, the rest through SimpleITK).
+READABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def _max_voxels_from_environment(default: int = 2 * 512**3) -> int:
@@ -55,29 +58,45 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class Volume:
-    data: np.ndarray  # (a0, a1, a2) float32, finite, in [0, 1]
+    data: np.ndarray  # (a0, a1, a2) float32, finite; in [0, 1] unless read in file units (read_volume)
     affine: np.ndarray  # (4, 4)
     header: nib.Nifti1Header | nib.Nifti2Header
     path: Path
     notes: tuple[str, ...] = ()  # what was repaired on the way in (one line each)
 
 
+def is_volume_name(path: Path, suffixes: tuple[str, ...] = READABLE_SUFFIXES) -> bool:
+    """Whether ``path`` is named like a volume file ending in one of ``suffixes`` (not hidden)."""
+    return path.name.endswith(suffixes) and not path.name.startswith(".")
+
+
 def is_nifti_name(path: Path) -> bool:
-    return path.name.endswith(NIFTI_SUFFIXES) and not path.name.startswith(".")
+    """Whether ``path`` is named like an input of the challenge (``.nii``, ``.nii.gz``)."""
+    return is_volume_name(path, NIFTI_SUFFIXES)
 
 
-def list_inputs(path: Path) -> list[Path]:
-    """Inputs under ``path`` (a NIfTI file or a folder of them), sorted by name, non-recursive."""
+def list_inputs(path: Path, suffixes: tuple[str, ...] = NIFTI_SUFFIXES) -> list[Path]:
+    """Inputs under ``path`` (a volume file, or a folder whose entries named with ``suffixes`` are
+    taken), sorted by name, non-recursive. Inference reads NIfTI only; the training tools pass
+    :data:`READABLE_SUFFIXES`."""
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if is_nifti_name(p))
+        return sorted(p for p in path.iterdir() if is_volume_name(p, suffixes))
     if path.exists() or path.is_symlink():
         return [path]
     raise InputError(f"{path}: no such file or directory")
 
 
 def load_volume(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
-    """Read and validate one NIfTI file. Raises :class:`InputError` with a one-line reason.
+    """One NIfTI file as inference scores it: :func:`read_volume`, then :func:`fit_unit_range`."""
+    return fit_unit_range(read_volume(path, max_voxels, NIFTI_SUFFIXES))
 
+
+def read_volume(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS,
+                suffixes: tuple[str, ...] = READABLE_SUFFIXES) -> Volume:
+    """Read and validate one volume file in its own units (finite, not yet brought into [0, 1]).
+
+    The one reader of the package: NIfTI through nibabel, the other ``suffixes`` through
+    SimpleITK (whose LPS world becomes RAS). Raises :class:`InputError` with a one-line reason.
     Shape, voxel count, data type and affine are checked from the header before any voxel is read.
     """
     path = Path(path)
@@ -85,8 +104,9 @@ def load_volume(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
         raise InputError("no such file (or a broken symlink)")
     if not path.is_file():
         raise InputError("not a regular file")
-    if not path.name.endswith(NIFTI_SUFFIXES):
-        raise InputError("not a NIfTI file name (.nii or .nii.gz)")
+    if not path.name.endswith(suffixes):
+        kind = "NIfTI" if suffixes == NIFTI_SUFFIXES else "volume"
+        raise InputError(f"not a {kind} file name ({' or '.join(suffixes)})")
     try:  # one byte first: tells a permission or disk problem from a format problem
         with open(path, "rb") as f:
             if not f.read(1):
@@ -95,6 +115,39 @@ def load_volume(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
         raise InputError("permission denied") from None
     except OSError as exc:
         raise InputError(f"cannot read the file ({exc.strerror or type(exc).__name__})") from None
+    if path.name.endswith(NIFTI_SUFFIXES):
+        data, affine, header, notes = _read_nifti(path, max_voxels)
+    else:
+        data, affine = _read_sitk(path, max_voxels)
+        header, notes = nib.Nifti1Image(data, affine).header, ()
+    return Volume(data=data, affine=affine, header=header, path=path,
+                  notes=tuple(f"header: {n}" for n in notes) + _replace_non_finite(data))
+
+
+def _volume_shape(full_shape: tuple[int, ...], max_voxels: int) -> tuple[int, int, int]:
+    """The 3-D shape of a header's ``full_shape``, checked against ``max_voxels``."""
+    shape = full_shape
+    while len(shape) > 3 and shape[-1] == 1:  # 4-D (or more) holding a single volume
+        shape = shape[:-1]
+    if len(shape) != 3:
+        raise InputError(f"expected a 3-D volume (or 4-D with one volume), got shape {full_shape}")
+    if min(shape) < 1:
+        raise InputError(f"empty dimension in shape {shape}")
+    n_voxels = int(np.prod(shape, dtype=np.int64))
+    if n_voxels > max_voxels:
+        raise InputError(f"{n_voxels:,} voxels {shape} exceed the limit of {max_voxels:,} "
+                         f"(raise it with --max-voxels or MOOD_MAX_VOXELS if this is intended)")
+    return shape  # type: ignore[return-value]
+
+
+def _check_affine(affine: np.ndarray) -> None:
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError("header affine is not finite or is singular")
+
+
+def _read_nifti(path: Path, max_voxels: int
+                ) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header | nib.Nifti2Header, list[str]]:
+    """NIfTI -> (data (a0, a1, a2) float32, affine (4, 4), header, nibabel's header messages)."""
     offset = _data_offset(path)
     if offset is not None and not offset <= MAX_HEADER_BYTES:
         raise InputError(f"header and extensions of {offset:,.0f} bytes (vox_offset) exceed the limit "
@@ -109,18 +162,7 @@ def load_volume(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(f"not a NIfTI image ({type(img).__name__})")
 
-    full_shape = tuple(int(s) for s in img.shape)
-    shape = full_shape
-    while len(shape) > 3 and shape[-1] == 1:  # 4-D (or more) holding a single volume
-        shape = shape[:-1]
-    if len(shape) != 3:
-        raise InputError(f"expected a 3-D volume (or 4-D with one volume), got shape {full_shape}")
-    if min(shape) < 1:
-        raise InputError(f"empty dimension in shape {shape}")
-    n_voxels = int(np.prod(shape, dtype=np.int64))
-    if n_voxels > max_voxels:
-        raise InputError(f"{n_voxels:,} voxels {shape} exceed the limit of {max_voxels:,} "
-                         f"(raise it with --max-voxels or MOOD_MAX_VOXELS if this is intended)")
+    shape = _volume_shape(tuple(int(s) for s in img.shape), max_voxels)
     dtype = img.get_data_dtype()
     if dtype.fields is not None:
         raise InputError("colour (RGB/RGBA) data are not supported: need one grey value per voxel")
@@ -129,8 +171,7 @@ def load_volume(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
     if dtype.kind not in "biuf":
         raise InputError(f"unsupported data type {dtype}")
     affine = np.asarray(img.affine, dtype=np.float64)
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise InputError("header affine is not finite or is singular")
+    _check_affine(affine)
 
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -138,14 +179,46 @@ def load_volume(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
             warnings.simplefilter("ignore")
             data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
     except MemoryError:
-        raise InputError(f"not enough memory to read {n_voxels:,} voxels") from None
+        raise InputError(f"not enough memory to read {int(np.prod(shape)):,} voxels") from None
     except Exception as exc:  # short reads, CRC and zlib errors, mmap beyond the end, ...
         reason = f"{type(exc).__name__}: {_first_line(exc)}"
         raise InputError(f"truncated or corrupt data ({reason})") from None
+    return data, affine, img.header.copy(), header_notes
 
-    data, notes = _repair_values(data)
-    return Volume(data=data, affine=affine, header=img.header.copy(), path=path,
-                  notes=tuple(f"header: {n}" for n in header_notes) + notes)
+
+def _read_sitk(path: Path, max_voxels: int) -> tuple[np.ndarray, np.ndarray]:
+    """NRRD, MHA, ... through SimpleITK -> (data (x, y, z) float32, RAS affine (4, 4))."""
+    import SimpleITK as sitk  # imported here: only the training tools read these formats
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except Exception as exc:
+        raise InputError(f"not readable by SimpleITK ({_first_line(exc)})") from None
+    if reader.GetNumberOfComponents() != 1:
+        raise InputError(f"{reader.GetNumberOfComponents()} components per voxel; expected a "
+                         "single-channel (scalar) volume")
+    _volume_shape(tuple(int(s) for s in reader.GetSize()), max_voxels)
+    if reader.GetDimension() != 3:
+        raise InputError(f"{reader.GetDimension()}-D image; expected 3-D")
+    try:
+        image = reader.Execute()
+    except MemoryError:
+        raise InputError("not enough memory to read the volume") from None
+    except Exception as exc:
+        raise InputError(f"truncated or corrupt data ({_first_line(exc)})") from None
+    # GetArrayViewFromImage gives (z, y, x); our arrays are indexed (x, y, z) like nibabel's.
+    data = np.ascontiguousarray(sitk.GetArrayViewFromImage(image).transpose(2, 1, 0), dtype=np.float32)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+    origin = np.asarray(image.GetOrigin(), dtype=np.float64)
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    affine = np.eye(4)
+    affine[:3, :3] = lps_to_ras @ direction @ np.diag(spacing)
+    affine[:3, 3] = lps_to_ras @ origin
+    _check_affine(affine)
+    return data, affine
 
 
 def _data_offset(path: Path) -> float | None:
@@ -197,19 +270,31 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:160] if text else "no detail"
 
 
-def _repair_values(data: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Make values finite and bring them into [0, 1]; say what was done."""
-    notes: list[str] = []
+def _replace_non_finite(data: np.ndarray) -> tuple[str, ...]:
+    """Replace NaN/Inf in place by the finite minimum/maximum; say so."""
     finite = np.isfinite(data)
     n_bad = data.size - int(finite.sum())
     if n_bad == data.size:
         raise InputError("no finite voxel values")
-    if n_bad:
-        lo, hi = float(data[finite].min()), float(data[finite].max())
-        np.nan_to_num(data, copy=False, nan=lo, posinf=hi, neginf=lo)
-        notes.append(f"{n_bad:,} non-finite voxels (NaN/Inf) replaced by the finite minimum/maximum")
+    if not n_bad:
+        return ()
+    lo, hi = float(data[finite].min()), float(data[finite].max())
+    np.nan_to_num(data, copy=False, nan=lo, posinf=hi, neginf=lo)
+    return (f"{n_bad:,} non-finite voxels (NaN/Inf) replaced by the finite minimum/maximum",)
+
+
+def needs_rescale(lo: float, hi: float) -> bool:
+    """Whether values from ``lo`` to ``hi`` lie so far outside [0, 1] that :func:`fit_unit_range`
+    rescales them (rather than only clipping values within :data:`RANGE_TOLERANCE` of the range)."""
+    return lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE
+
+
+def fit_unit_range(volume: Volume) -> Volume:
+    """``volume`` with its values brought into [0, 1] in place, and a note when they were rescaled."""
+    data = volume.data
+    notes: list[str] = []
     lo, hi = float(data.min()), float(data.max())
-    if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+    if needs_rescale(lo, hi):
         # Percentiles keep a few extreme voxels from squashing everything else to one value.
         # float64 statistics: the range of float32 data can exceed float32 (no Inf, hence no NaN).
         sample = data.ravel(order="K")[:: max(1, data.size // 2_000_000)].astype(np.float64)
@@ -231,7 +316,7 @@ def _repair_values(data: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
         np.clip(data, 0.0, 1.0, out=data)
     elif lo < 0 or hi > 1:
         np.clip(data, 0.0, 1.0, out=data)
-    return data, tuple(notes)
+    return replace(volume, notes=volume.notes + tuple(notes))
 
 
 # -- writing ---------------------------------------------------------------------------------

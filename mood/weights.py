@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import RegionConfig
 from .networks import VQVAE, PixelSNAIL
+from .scoring import ScoreMap
 
 FORMAT_VERSION = 1
 #: Shards stay below this size so that every file fits hosting and transfer limits.
@@ -33,22 +34,6 @@ DEFAULT_LAMBDA_P = 5.0
 
 class WeightsError(RuntimeError):
     """Weights are missing, unreadable or do not match the architecture in their card."""
-
-
-@dataclass(frozen=True)
-class ScoreMap:
-    """Monotone map of raw scores into [0, 1): ``x / (x + scale)``, 0.5 at ``x = scale``.
-
-    Strictly increasing, so order (and thus average precision) is preserved; it never reaches 1,
-    and ``scale`` is fitted so that normal tissue stays well below 0.5, where float16 (the
-    challenge's read type) still resolves about 2**-12.
-    """
-
-    scale: float = 1.0
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.clamp_min(0)
-        return x / (x + self.scale)
 
 
 @dataclass

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from mood.config import CHALLENGE_SHAPES, METHODS  # noqa: E402
+from mood.config import METHODS, region_preset  # noqa: E402
 from mood.show import show  # noqa: E402
 from mood.toy import MANIFEST, make_toy  # noqa: E402
 from mood.validate import validate  # noqa: E402
@@ -44,7 +44,7 @@ def toy_set(region: str, sources: list[Path], work: Path, count: int, seed: int,
     region_dir = data / region
     manifest = region_dir / MANIFEST
     wanted = {"inputs": sorted(p.name for p in sources), "count": count, "seed": seed,
-              "shape": list(size or CHALLENGE_SHAPES[region])}
+              "shape": list(size or region_preset(region).challenge_shape)}
     if manifest.is_file():
         have = json.loads(manifest.read_text())
         if {**{k: have.get(k) for k in wanted}, "inputs": sorted(have["inputs"])} == wanted:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mood.augment import AugmentConfig, augment, region_augment_config
+from mood.augment import AugmentConfig, augment
+from mood.config import region_preset
 
 
 def _slices(n: int = 6, size: int = 48, bg: float = 0.0) -> torch.Tensor:
@@ -17,9 +18,9 @@ def _slices(n: int = 6, size: int = 48, bg: float = 0.0) -> torch.Tensor:
 
 def test_shape_dtype_and_seeded():
     x = _slices()
-    a = augment(x, torch.Generator().manual_seed(3), region_augment_config("brain"))
-    b = augment(x, torch.Generator().manual_seed(3), region_augment_config("brain"))
-    c = augment(x, torch.Generator().manual_seed(4), region_augment_config("brain"))
+    a = augment(x, torch.Generator().manual_seed(3), region_preset("brain").augmentation)
+    b = augment(x, torch.Generator().manual_seed(3), region_preset("brain").augmentation)
+    c = augment(x, torch.Generator().manual_seed(4), region_preset("brain").augmentation)
     assert a.shape == x.shape and a.dtype == x.dtype
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
@@ -28,7 +29,7 @@ def test_shape_dtype_and_seeded():
 
 def test_brain_background_stays_zero():
     x = _slices()
-    cfg = region_augment_config("brain")
+    cfg = region_preset("brain").augmentation
     for seed in range(5):
         y = augment(x, torch.Generator().manual_seed(seed), cfg)
         # far from the disk (radius 12, scale <= 1.1, small rotation/elastic): exactly 0
@@ -38,7 +39,7 @@ def test_brain_background_stays_zero():
 
 def test_abdomen_fills_with_air():
     x = _slices(bg=-1.0)
-    y = augment(x, torch.Generator().manual_seed(1), AugmentConfig(**{**region_augment_config("abdom").__dict__,
+    y = augment(x, torch.Generator().manual_seed(1), AugmentConfig(**{**region_preset("abdom").augmentation.__dict__,
                                                                       "p": 1.0, "noise_var": 0.0,
                                                                       "brightness": 0.0, "contrast": 0.0}))
     # corners are air (-1) whatever the scale/rotation

@@ -17,16 +17,21 @@ def _head(seed: int, shape=(40, 40, 24)) -> np.ndarray:
     return np.clip(np.where(r < 0.8, 0.5 + 0.05 * rng.standard_normal(shape), 0.0), 0, 1).astype(np.float32)
 
 
-def test_calibrate_writes_card(tmp_path, monkeypatch):
+def _holdout_and_weights(tmp_path, monkeypatch):
+    """Two holdout volumes (used as they are: conversion is tested elsewhere) and tiny weights."""
     import mood.calibrate as cal
 
-    # conversion is tested elsewhere; here the holdout volumes are used as they are
-    monkeypatch.setattr(cal, "load_challenge_volume", lambda path, region: np.asarray(nib.load(str(path)).dataobj, dtype=np.float32))
+    monkeypatch.setattr(cal, "ensure_challenge_form",
+                        lambda path, region: (np.asarray(nib.load(str(path)).dataobj, dtype=np.float32), None))
     data = tmp_path / "holdout"
     data.mkdir()
     for i in range(2):
         nib.save(nib.Nifti1Image(_head(i), np.eye(4)), str(data / f"n{i}.nii.gz"))
-    weights = init_weights("brain", tmp_path / "w", tiny=True, seed=0)
+    return data, init_weights("brain", tmp_path / "w", tiny=True, seed=0)
+
+
+def test_calibrate_writes_card(tmp_path, monkeypatch):
+    data, weights = _holdout_and_weights(tmp_path, monkeypatch)
     assert read_card(weights).lambda_s is None
     card = calibrate("brain", data, weights, device="cpu", n_slices=3, restorations=2, seed=0)
     again = read_card(weights)
@@ -39,3 +44,38 @@ def test_calibrate_writes_card(tmp_path, monkeypatch):
     assert again.info["random_init"]  # earlier provenance kept
     with pytest.raises(ValueError, match="at least 3"):
         calibrate("brain", data, weights, device="cpu", n_slices=2)
+
+
+def test_calibration_uses_the_detectors_public_stages_once_per_volume(tmp_path, monkeypatch):
+    """Thresholds and the sample map share one pass over each volume's scored slices; the pixel
+    map a second one at ``n_slices``; the loaded detector's card is never changed in place."""
+    from mood.detector import Detector
+
+    data, weights = _holdout_and_weights(tmp_path, monkeypatch)
+    calls, cards = [], []
+    slices, load = Detector.slices, Detector.load.__func__
+
+    def counted(self, volume, n_slices=None):
+        calls.append(n_slices)
+        return slices(self, volume, n_slices)
+
+    def loaded(cls, *args, **kwargs):
+        det = load(cls, *args, **kwargs)
+        cards.append((det.card, det.card.lambda_s))
+        return det
+
+    monkeypatch.setattr(Detector, "slices", counted)
+    monkeypatch.setattr(Detector, "load", classmethod(loaded))
+    card = calibrate("brain", data, weights, device="cpu", n_slices=3, restorations=1, seed=0)
+    assert sorted(calls, key=str) == [3, 3, None, None]
+    (original, before), = cards
+    assert original.lambda_s == before is None and card is not original
+
+
+def test_score_maps_are_fitted_in_scoring():
+    from mood.scoring import ScoreMap, fit_pixel_map, fit_sample_map
+
+    assert fit_sample_map([1.0, 2.5], margin=2.0) == ScoreMap(5.0)
+    assert fit_sample_map([0.0, 0.0], margin=2.0) == ScoreMap(1.0)  # all normal scores 0: identity scale
+    assert fit_pixel_map(np.arange(101.0), 90.0) == ScoreMap(90.0)
+    assert fit_pixel_map(np.zeros(0), 90.0) == ScoreMap(1.0)

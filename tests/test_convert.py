@@ -7,7 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mood.convert import (convert_folder, read_volume, resample, strip_suffix, to_challenge_form)
+from mood.convert import convert_folder, resample, strip_suffix, to_challenge_form
+from mood.volume_io import read_volume
 
 SHAPE = (40, 36, 24)
 ZOOMS = (1.5, 1.5, 2.5)
@@ -162,7 +163,7 @@ def test_errors(tmp_path):
     with pytest.raises(ValueError, match="3-D"):
         read_volume(flat)
     (tmp_path / "x.png").write_bytes(b"")
-    with pytest.raises(ValueError, match="unsupported"):
+    with pytest.raises(ValueError, match="not a volume file name"):
         read_volume(tmp_path / "x.png")
     with pytest.raises(ValueError, match="no volume files"):
         (tmp_path / "empty").mkdir()
@@ -173,5 +174,6 @@ def test_non_finite_values_are_replaced(tmp_path):
     head = _head()
     head[0, 0, 0] = np.nan
     head[1, 1, 1] = np.inf
-    data, _ = read_volume(_save(tmp_path / "nan.nii.gz", head))
-    assert np.isfinite(data).all()
+    volume = read_volume(_save(tmp_path / "nan.nii.gz", head))
+    assert np.isfinite(volume.data).all()
+    assert any("non-finite" in note for note in volume.notes)

@@ -171,3 +171,17 @@ def test_channels_last_inference_keeps_codes(tiny_weights):
         assert torch.equal(det.encode(s), plain.encode(s.x, s.coord).codes)
         assert torch.allclose(det.vqvae.decode_codes(det.encode(s), s.coord),
                               plain.decode_codes(det.encode(s), s.coord), atol=1e-5)
+
+
+def test_detector_owns_the_method_switch(tiny_weights):
+    """``Detector.score(volume, task, method)``: what ``predict`` writes for every task and method."""
+    det = Detector.load("brain", tiny_weights, device="cpu")
+    vol = head_phantom((48, 40, 24), seed=4)
+    assert det.score(vol, "sample", "lsr", 3) == det.score_sample(vol, 3)
+    assert det.score(vol, "sample", "reconstruction", 3) == det.baseline_sample(vol, 3)
+    np.testing.assert_array_equal(det.score(vol, "pixel", "lsr", 3, 2, 7), det.score_pixel(vol, 3, 2, 7))
+    np.testing.assert_array_equal(det.score(vol, "pixel", "reconstruction", 3), det.baseline_pixel(vol, 3))
+    with pytest.raises(ValueError, match="task"):
+        det.score(vol, "voxel")
+    with pytest.raises(ValueError, match="method"):
+        det.score(vol, "sample", "vae")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mood.config import region_preset
-from mood.slicing import (extract_slices, foreground_stats, normalise, relative_position,
+from mood.slicing import (body_mask, extract_slices, foreground_stats, normalise, relative_position,
                           slice_grid, slices_to_volume)
 
 
@@ -76,3 +76,16 @@ def test_normalisation():
     assert float(brain[x > 0.05].mean()) == pytest.approx((float(x[x > 0.05].mean()) - mu) / sd, abs=1e-5)
     abdom = normalise(x, vol, region_preset("abdom"))
     assert torch.allclose(abdom, 2 * x - 1)
+
+
+@pytest.mark.parametrize("region", ["brain", "abdom"])
+def test_body_mask_is_what_normalise_leaves_outside_the_body(region):
+    """The background value of the region's config is what ``normalise`` writes outside the body,
+    and ``body_mask`` finds exactly the body again."""
+    config = region_preset(region)
+    vol = torch.zeros(32, 32, 8)
+    vol[8:24, 6:26] = 0.3 + 0.4 * torch.rand(16, 20, 8, generator=torch.Generator().manual_seed(0))
+    x = normalise(extract_slices(vol, slice_grid(tuple(vol.shape), 8), 32), vol, config)  # (8, 32, 32)
+    body = vol.permute(2, 0, 1) > 0
+    assert (x[~body] == config.background).all()
+    assert torch.equal(body_mask(x, config), body)

@@ -133,3 +133,18 @@ def test_files_are_readable_by_others(tmp_path):
     for path in (tmp_path / "o").rglob("*"):
         if path.is_file():
             assert path.stat().st_mode & 0o777 == 0o644, path
+
+
+def test_challenge_form_input_is_used_as_inference_reads_it(tmp_path):
+    """Make-toy, training and calibration share one rule: values inference would only clip
+    (here 1.004) keep the volume as it is, clipped exactly as inference clips it."""
+    from mood.volume_io import load_volume
+
+    src = tmp_path / "in"
+    src.mkdir()
+    data = np.random.default_rng(1).random(SIZE).astype(np.float32)
+    data[3, 4, 5] = 1.004
+    nib.save(nib.Nifti1Image(data, np.diag([-2.0, 2.0, 2.0, 1.0])), str(src / "ready.nii.gz"))
+    summary = make_toy(src, tmp_path / "o", count=1, seed=0, region="brain", normal_fraction=1.0, size=SIZE)
+    case = _load(tmp_path / "o" / "toy" / summary.cases[0].name)
+    np.testing.assert_array_equal(case, load_volume(src / "ready.nii.gz").data)

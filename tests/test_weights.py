@@ -9,7 +9,8 @@ import torch
 from mood.config import tiny_preset
 from mood.detector import Detector, resolve_weights
 from mood.networks import VQVAE, PixelSNAIL
-from mood.weights import MAX_SHARD_BYTES, Card, ScoreMap, WeightsError, load_prior, load_vqvae, read_card, save_models
+from mood.scoring import ScoreMap
+from mood.weights import MAX_SHARD_BYTES, Card, WeightsError, load_prior, load_vqvae, read_card, save_models
 
 from conftest import make_weights
 
