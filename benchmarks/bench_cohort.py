@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bench_volume import phantom
+from bench_volume import phantom, write_report
 
 CONFIGS = [  # name, workers, in-flight
     ("1 process, no overlap", 1, 1),
@@ -82,12 +81,8 @@ def main() -> int:
                        **run(tmp / "in", out, weights, workers, in_flight)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    report = {"task": "sample", "volumes": args.count, "shape": [256, 256, 256], "rows": rows,
-              "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-              "date": time.strftime("%Y-%m-%d")}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    write_report({"task": "sample", "volumes": args.count, "shape": [256, 256, 256], "rows": rows,
+                  "date": time.strftime("%Y-%m-%d")}, args.json)
     return 0
 
 

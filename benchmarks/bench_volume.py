@@ -71,6 +71,14 @@ def random_weights(region: str, volume: np.ndarray, out: Path) -> Path:
     return out
 
 
+def write_report(report: dict, path: Path | None) -> None:
+    """``report`` with the machine's CPU count and name, as JSON at ``path`` (if given)."""
+    report = {**report, "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine()}
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--regions", nargs="+", default=["brain", "abdom"], choices=sorted(SHAPES))
@@ -109,13 +117,10 @@ def main() -> int:
                 row[task]["ratio_to_floor"] = row[task]["wall_s"] / row["floor"]["wall_s"]
             results.append(row)
             print(json.dumps(row), flush=True)
-    report = {"results": results, "restorations": args.restorations, "device": args.device,
-              "threads": args.threads or "torch default",
-              "weights": "random real-size" if args.random else str(args.weights or "packaged"),
-              "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine()}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    write_report({"results": results, "restorations": args.restorations, "device": args.device,
+                  "threads": args.threads or "torch default",
+                  "weights": "random real-size" if args.random else str(args.weights or "packaged")},
+                 args.json)
     return 0
 
 
