@@ -68,6 +68,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from mood.train import init_weights
+    from mood.volume_io import write_json
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="mood-cohort-") as tmp:
@@ -87,7 +88,7 @@ def main() -> int:
               "date": time.strftime("%Y-%m-%d")}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
     return 0
 
 

@@ -58,6 +58,7 @@ def random_weights(region: str, volume: np.ndarray, out: Path) -> Path:
 
     from mood.detector import Detector
     from mood.train import init_weights
+    from mood.volume_io import write_json
     from mood.weights import read_card, write_card
 
     init_weights(region, out / region)
@@ -115,7 +116,7 @@ def main() -> int:
               "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine()}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
     return 0
 
 

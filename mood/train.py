@@ -20,6 +20,7 @@ parameter count are the original's.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -41,7 +42,10 @@ from .augment import AugmentConfig, augment
 from .config import RegionConfig, narrow, region_preset, tiny_preset
 from .networks import VQVAE, PixelSNAIL, vq_losses
 from .training_data import SliceBank, fixed_batch, load_banks, provenance, sample_batch, split_files
+from .volume_io import atomic_write, write_json
 from .weights import Card, load_prior, load_vqvae, read_card, save_models
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,12 +170,8 @@ def save_checkpoint(ckpt_dir: Path, model: nn.Module, opt: torch.optim.Optimizer
     tensors, meta = _optimizer_to_files(opt)
     model_sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for name, obj in (("model.safetensors", model_sd), ("optimizer.safetensors", tensors)):
-        tmp = ckpt_dir / f".{name}.tmp"
-        save_file(obj, str(tmp))
-        os.replace(tmp, ckpt_dir / name)
-    tmp = ckpt_dir / ".state.json.tmp"
-    tmp.write_text(json.dumps({**state, "optimizer": meta}, indent=1) + "\n")
-    os.replace(tmp, ckpt_dir / "state.json")
+        atomic_write(ckpt_dir / name, lambda tmp, obj=obj: save_file(obj, str(tmp)))
+    write_json(ckpt_dir / "state.json", {**state, "optimizer": meta}, indent=1)
 
 
 def load_checkpoint(ckpt_dir: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
@@ -321,13 +321,13 @@ def _loop(*, kind: str, region: str, data: Path, out: Path, settings: TrainSetti
     if settings.batch_size % d.world:
         raise ValueError(f"batch size {settings.batch_size} is not divisible by {d.world} processes")
     out = Path(out)
+    train_files, hold_files = split_files(Path(data), holdout)  # a bad data folder fails before out is touched
     ckpt = _prepare_out(out, kind, resume) if d.master else out / "train" / kind
     if d.enabled:
         dist.barrier()
     torch.manual_seed(settings.seed + d.rank)
     train_banks, hold_banks = load_banks(Path(data), config, holdout, cache_dir,
                                            tuple(volume_shape) if volume_shape else None)
-    train_files, hold_files = split_files(Path(data), holdout)
     aug = config.augmentation if settings.augment else None
 
     model.to(d.device)
@@ -417,7 +417,7 @@ def _loop(*, kind: str, region: str, data: Path, out: Path, settings: TrainSetti
                     flag.stop = bool(_all_reduce(stop, d).item() > 0)
     except KeyboardInterrupt:
         if d.master:
-            print(f"\ninterrupted at step {step}: writing a checkpoint", file=sys.stderr)
+            log.warning("interrupted at step %d: writing a checkpoint", step)
     finally:
         bar.close()
         checkpoint(final=True)

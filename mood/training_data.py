@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import RegionConfig
 from .slicing import SliceGrid, extract_slices, normalise, slice_grid
-from .volume_io import READABLE_SUFFIXES, list_inputs
+from .volume_io import READABLE_SUFFIXES, atomic_write, list_inputs
 
 #: Bump when the bank contents change meaning (invalidates caches). 2: volumes already in
 #: challenge form are no longer converted.
@@ -98,10 +97,8 @@ def load_bank(path: Path, config: RegionConfig, cache_dir: Path | None = None,
     volume, _ = ensure_challenge_form(path, config.region, shape=shape)
     bank = volume_to_bank(volume, config, path.name)
     if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")  # processes may race
-        save_file({"slices": bank.slices, "positions": bank.positions}, str(tmp))
-        tmp.replace(cached)
+        cached.parent.mkdir(parents=True, exist_ok=True)  # processes may race: each its own temporary
+        atomic_write(cached, lambda tmp: save_file({"slices": bank.slices, "positions": bank.positions}, str(tmp)))
     return bank
 
 
