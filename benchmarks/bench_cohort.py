@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bench_volume import phantom
+from bench_volume import phantom, write_report
 
 CONFIGS = [  # name, workers, in-flight
     ("1 process, no overlap", 1, 1),
@@ -68,7 +67,6 @@ def main() -> int:
     args = ap.parse_args()
 
     from mood.train import init_weights
-    from mood.volume_io import write_json
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="mood-cohort-") as tmp:
@@ -83,12 +81,8 @@ def main() -> int:
                        **run(tmp / "in", out, weights, workers, in_flight)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    report = {"task": "sample", "volumes": args.count, "shape": [256, 256, 256], "rows": rows,
-              "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-              "date": time.strftime("%Y-%m-%d")}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        write_json(args.json, report)
+    write_report({"task": "sample", "volumes": args.count, "shape": [256, 256, 256], "rows": rows,
+                  "date": time.strftime("%Y-%m-%d")}, args.json)
     return 0
 
 

@@ -58,7 +58,6 @@ def random_weights(region: str, volume: np.ndarray, out: Path) -> Path:
 
     from mood.detector import Detector
     from mood.train import init_weights
-    from mood.volume_io import write_json
     from mood.weights import read_card, write_card
 
     init_weights(region, out / region)
@@ -70,6 +69,14 @@ def random_weights(region: str, volume: np.ndarray, out: Path) -> Path:
     card.lambda_s = float(torch.quantile(nll.flatten().double(), 0.98))
     write_card(out / region, card)
     return out
+
+
+def write_report(report: dict, path: Path | None) -> None:
+    """``report`` with the machine's CPU count and name, as JSON at ``path`` (if given)."""
+    report = {**report, "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine()}
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def main() -> int:
@@ -110,13 +117,10 @@ def main() -> int:
                 row[task]["ratio_to_floor"] = row[task]["wall_s"] / row["floor"]["wall_s"]
             results.append(row)
             print(json.dumps(row), flush=True)
-    report = {"results": results, "restorations": args.restorations, "device": args.device,
-              "threads": args.threads or "torch default",
-              "weights": "random real-size" if args.random else str(args.weights or "packaged"),
-              "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine()}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        write_json(args.json, report)
+    write_report({"results": results, "restorations": args.restorations, "device": args.device,
+                  "threads": args.threads or "torch default",
+                  "weights": "random real-size" if args.random else str(args.weights or "packaged")},
+                 args.json)
     return 0
 
 
