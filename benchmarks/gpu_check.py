@@ -68,7 +68,7 @@ def agreement(out: dict, dev: torch.device) -> None:
 
 def timings(out: dict, restorations: int, dev: torch.device, shapes: dict[str, tuple[int, int, int]],
             n_slices: int | None = None) -> None:
-    from mood.train import init_weights
+    from mood.training import init_weights
     from mood.weights import read_card, write_card
 
     for region, shape in shapes.items():

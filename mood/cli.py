@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("reports", nargs="+", type=Path, metavar="FILE")
     p.add_argument("--json", type=Path, default=None, help="also write the merged report as JSON")
 
+    from .training.settings import SCHEDULES, TrainSettings
+
+    TRAIN = TrainSettings()  # the one place the training defaults are defined
     p = sub.add_parser("train", help="train the VQ-VAE or the prior on normal volumes", parents=[REGION, DEVICE, SEED, THREADS],
                        description="Train one model of a region on a folder of normal volumes (any grid; "
                                    "converted to the challenge's form). Resumable; logs to OUT/train/. "
@@ -138,9 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=Path, help="folder of normal volumes")
     p.add_argument("--out", required=True, type=Path, help="weights folder to write")
     p.add_argument("--vqvae", type=Path, help="(prior) weights folder of the trained VQ-VAE")
-    p.add_argument("--steps", type=_positive_int, default=1000)
-    p.add_argument("--batch-size", type=_positive_int, default=16)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--steps", type=_positive_int, default=TRAIN.steps, help=f"(default: {TRAIN.steps})")
+    p.add_argument("--batch-size", type=_positive_int, default=TRAIN.batch_size,
+                   help=f"global: split over the processes of a torchrun (default: {TRAIN.batch_size})")
+    p.add_argument("--lr", type=float, default=TRAIN.lr, help=f"(default: {TRAIN.lr:g})")
     p.add_argument("--holdout", nargs="*", default=None, help="file names kept out for the holdout loss")
     p.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
     p.add_argument("--compile", action="store_true",
@@ -153,13 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=1.0,
                    help="(vqvae) scale every VQ-VAE channel count, e.g. 0.5 for a narrower, faster model "
                         "(default: 1, the original architecture)")
-    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+    p.add_argument("--schedule", choices=SCHEDULES, default=TRAIN.schedule,
                    help="learning rate after the warm-up: constant (the original's) or a cosine decay to "
-                        "lr/10 at --steps (default: constant)")
-    p.add_argument("--warmup", type=int, default=0, help="steps of linear learning-rate warm-up (default: 0)")
-    p.add_argument("--ckpt-every", type=_positive_int, default=100)
-    p.add_argument("--log-every", type=_positive_int, default=10)
-    p.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many seconds")
+                        f"lr/10 at --steps (default: {TRAIN.schedule})")
+    p.add_argument("--warmup", type=int, default=TRAIN.warmup,
+                   help=f"steps of linear learning-rate warm-up (default: {TRAIN.warmup})")
+    p.add_argument("--ckpt-every", type=_positive_int, default=TRAIN.ckpt_every,
+                   help=f"steps between checkpoints (default: {TRAIN.ckpt_every})")
+    p.add_argument("--log-every", type=_positive_int, default=TRAIN.log_every,
+                   help=f"steps between log lines (default: {TRAIN.log_every})")
+    p.add_argument("--time-limit", type=float, default=TRAIN.time_limit,
+                   help="stop (with a checkpoint) after this many seconds")
+    p.set_defaults(seed=TRAIN.seed, compile=TRAIN.compile)
 
     p = sub.add_parser("calibrate", help="fit thresholds and score maps on normal holdout volumes",
                        parents=[REGION, DEVICE, SEED],
@@ -305,14 +314,20 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0 if not merged["failed"] and not merged["missing"] else 1
 
 
-def _run_train(args: argparse.Namespace) -> int:
-    from .train import train_prior, train_vqvae
+def train_settings(args: argparse.Namespace):
+    """The :class:`mood.training.TrainSettings` of a parsed ``mood train`` (options named like its fields)."""
+    from dataclasses import fields
 
-    common = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, holdout=args.holdout,
-                  resume=args.resume, tiny=args.tiny, device=args.device, seed=args.seed,
-                  ckpt_every=args.ckpt_every, log_every=args.log_every, threads=args.threads,
-                  time_limit=args.time_limit, init_from=args.init_from, compile=args.compile,
-                  schedule=args.schedule, warmup=args.warmup)
+    from .training.settings import TrainSettings
+
+    return TrainSettings(**{f.name: getattr(args, f.name) for f in fields(TrainSettings) if hasattr(args, f.name)})
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .training import train_prior, train_vqvae
+
+    common = dict(settings=train_settings(args), holdout=args.holdout, resume=args.resume, tiny=args.tiny,
+                  device=args.device, threads=args.threads, init_from=args.init_from)
     if args.model == "vqvae":
         out = train_vqvae(args.region, args.data, args.out, width=args.width, **common)
     else:
@@ -332,7 +347,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 
 
 def _run_init_weights(args: argparse.Namespace) -> int:
-    from .train import init_weights
+    from .training import init_weights
 
     print(init_weights(args.region, args.out, tiny=args.tiny, seed=args.seed))
     return 0

@@ -123,12 +123,30 @@ def test_shared_options_come_from_one_parent():
     assert (sample.device, sample.seed, sample.threads, sample.region) == ("auto", 0, None, "auto")
 
 
+def test_training_defaults_are_defined_once():
+    """`mood train` takes every default from TrainSettings, and builds its settings from the options."""
+    from mood.cli import train_settings
+    from mood.training import TrainSettings
+    from mood.training.settings import with_overrides
+
+    args = build_parser().parse_args(["train", "vqvae", "--region", "brain", "--data", "d", "--out", "o"])
+    assert train_settings(args) == TrainSettings()
+    args = build_parser().parse_args(["train", "prior", "--region", "brain", "--data", "d", "--out", "o",
+                                      "--vqvae", "v", "--steps", "7", "--lr", "3e-4", "--compile"])
+    assert train_settings(args) == TrainSettings(steps=7, lr=3e-4, compile=True)
+    assert with_overrides(None, {"steps": 7}) == TrainSettings(steps=7)
+    with pytest.raises(TypeError, match="unknown training setting"):
+        with_overrides(None, {"stepz": 7})
+
+
 def test_nothing_happens_at_import(tmp_path):
     """Importing the package reads no environment variable and changes no process state; the
     atomic writer still gives outputs the permissions the umask allows."""
     script = (
         "import os; os.umask(0o027)\n"
-        "import mood.cli, mood.volume_io as v, mood.predict\n"
+        "import sys, mood.cli, mood.volume_io as v, mood.training.settings\n"
+        "assert 'torch' not in sys.modules  # the command line reads the training defaults without torch\n"
+        "import mood.predict\n"
         "assert os.umask(0o027) == 0o027\n"
         f"v.write_json(__import__('pathlib').Path({str(tmp_path / 'a.json')!r}), {{'x': 1}})\n"
         f"print(oct(os.stat({str(tmp_path / 'a.json')!r}).st_mode & 0o777))\n")

@@ -10,7 +10,7 @@ import pytest
 from mood import demo as demo_module
 from mood.cli import main
 from mood.demo import MARKER, demo, prepare_output
-from mood.train import init_weights
+from mood.training import init_weights
 from mood.validate import succeeded
 from mood.weights import WeightsError
 
