@@ -66,7 +66,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
-    from mood.train import init_weights
+    from mood.training import init_weights
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="mood-cohort-") as tmp:

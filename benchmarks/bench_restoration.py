@@ -24,6 +24,7 @@ import torch
 from mood.config import region_preset
 from mood.networks import PixelSNAIL, code_nll
 from mood.restoration import draw_uniforms, restore, restore_reference
+from mood.volume_io import write_json
 
 
 def main() -> int:
@@ -83,7 +84,7 @@ def main() -> int:
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return 0 if result.get("identical_codes", True) else 1
 
 

@@ -57,7 +57,7 @@ def random_weights(region: str, volume: np.ndarray, out: Path) -> Path:
     import torch
 
     from mood.detector import Detector
-    from mood.train import init_weights
+    from mood.training import init_weights
     from mood.weights import read_card, write_card
 
     init_weights(region, out / region)

@@ -14,7 +14,6 @@ to check the script before spending device time on it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -29,6 +28,7 @@ from mood.config import PriorConfig  # noqa: E402
 from mood.detector import Detector  # noqa: E402
 from mood.networks import PixelSNAIL, code_nll  # noqa: E402
 from mood.restoration import draw_uniforms, restore, restore_reference  # noqa: E402
+from mood.volume_io import write_json  # noqa: E402
 
 
 def _sync(dev: torch.device) -> None:
@@ -68,7 +68,7 @@ def agreement(out: dict, dev: torch.device) -> None:
 
 def timings(out: dict, restorations: int, dev: torch.device, shapes: dict[str, tuple[int, int, int]],
             n_slices: int | None = None) -> None:
-    from mood.train import init_weights
+    from mood.training import init_weights
     from mood.weights import read_card, write_card
 
     for region, shape in shapes.items():
@@ -114,7 +114,7 @@ def main() -> int:
               "torch": torch.__version__}
     agreement(result.setdefault("agreement", {}), dev)
     timings(result.setdefault("times", {}), restorations, dev, shapes, 4 if args.dry_run else None)
-    (out_dir / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out_dir / "gpu_check.json", result)
     lines = [f"GPU: {result['gpu']}, torch {result['torch']}", "",
              "| prior | fp32 identical | fp32 agreement | TF32 agreement | bf16 autocast agreement |",
              "|---|---|---|---|---|"]

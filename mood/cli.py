@@ -1,4 +1,11 @@
-"""Command line: ``mood <command> ...`` (also ``python -m mood``). Each command calls one API function."""
+"""Command line: ``mood <command> ...`` (also ``python -m mood``). Each command calls one API function.
+
+All argument parsing lives here (shared options come from parent parsers); the library functions
+take keyword arguments, return data and print nothing, and this module prints what they return.
+Every expected failure (bad input or data folder, missing weights, a file-system error) ends in
+one line ``mood <command>: error: <reason>`` on stderr and exit status 1; command-line usage
+errors exit 2 (argparse); anything else is a bug and keeps its traceback.
+"""
 from __future__ import annotations
 
 import argparse
@@ -41,6 +48,24 @@ def _shard(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _parent(*arguments: tuple[tuple[str, ...], dict]) -> argparse.ArgumentParser:
+    """A parent parser holding ``arguments`` ((flags, options) pairs), shared by several commands."""
+    parent = argparse.ArgumentParser(add_help=False)
+    for flags, options in arguments:
+        parent.add_argument(*flags, **options)
+    return parent
+
+
+DEVICE = _parent((("--device",), dict(default="auto", help="auto, cpu or cuda (default: auto)")))
+SEED = _parent((("--seed",), dict(type=int, default=0, help="random seed (default: 0)")))
+THREADS = _parent((("--threads",), dict(
+    type=_positive_int, default=None,
+    help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy machine)")))
+REGION = _parent((("--region",), dict(required=True, choices=REGIONS)))
+WEIGHTS = _parent((("--weights",), dict(
+    type=Path, default=None, help="weights folder (with card.json) or a root with one folder per region")))
+
+
 def _scoring_arguments(p: argparse.ArgumentParser, pixel: bool) -> None:
     p.add_argument("--input", "-i", required=True, type=Path,
                    help="a NIfTI file (.nii/.nii.gz) or a folder of them")
@@ -48,10 +73,6 @@ def _scoring_arguments(p: argparse.ArgumentParser, pixel: bool) -> None:
                    help="folder for the predictions (created if missing); nothing is written elsewhere")
     p.add_argument("--region", default="auto", choices=("auto",) + REGIONS,
                    help="auto: brain for 256^3, abdomen for 512^3 volumes (default: auto)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    p.add_argument("--weights", type=Path, default=None,
-                   help="weights folder (with card.json) or a root with one folder per region")
-    p.add_argument("--seed", type=int, default=0, help="seed of the restoration draws (default: 0)")
     p.add_argument("--slices", type=_positive_int, default=None,
                    help="slices scored per volume, evenly spread (default: the weights card's, 32)")
     p.add_argument("--restorations", type=_positive_int, default=15,
@@ -85,9 +106,7 @@ def _scoring_arguments(p: argparse.ArgumentParser, pixel: bool) -> None:
                             "inside) the output folder; sharded runs insert .shardI-of-N before the "
                             "suffix. Merge them with `mood report FILE...`")
     p.add_argument("--max-voxels", type=_positive_int, default=None,
-                   help="refuse larger volumes before reading them (default: 2*512^3)")
-    p.add_argument("--threads", type=_positive_int, default=None,
-                   help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy machine)")
+                   help="refuse larger volumes before reading them (default: $MOOD_MAX_VOXELS, else 2*512^3)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
@@ -100,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for task, text in (("sample", "one anomaly score in [0, 1) per volume -> <name>.txt"),
                        ("pixel", "voxel anomaly scores in [0, 1) -> <name>, same shape and affine")):
-        p = sub.add_parser(task, help=text, description=text)
+        p = sub.add_parser(task, help=text, description=text, parents=[DEVICE, WEIGHTS, SEED, THREADS])
         _scoring_arguments(p, pixel=task == "pixel")
 
     p = sub.add_parser("report", help="merge the --report files of a sharded run into one table",
@@ -111,18 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("reports", nargs="+", type=Path, metavar="FILE")
     p.add_argument("--json", type=Path, default=None, help="also write the merged report as JSON")
 
-    p = sub.add_parser("train", help="train the VQ-VAE or the prior on normal volumes",
+    from .training.settings import SCHEDULES, TrainSettings
+
+    TRAIN = TrainSettings()  # the one place the training defaults are defined
+    p = sub.add_parser("train", help="train the VQ-VAE or the prior on normal volumes", parents=[REGION, DEVICE, SEED, THREADS],
                        description="Train one model of a region on a folder of normal volumes (any grid; "
                                    "converted to the challenge's form). Resumable; logs to OUT/train/. "
                                    "Multi-process: torchrun --nproc_per_node=N -m mood train ...")
     p.add_argument("model", choices=("vqvae", "prior"))
-    p.add_argument("--region", required=True, choices=REGIONS)
     p.add_argument("--data", required=True, type=Path, help="folder of normal volumes")
     p.add_argument("--out", required=True, type=Path, help="weights folder to write")
     p.add_argument("--vqvae", type=Path, help="(prior) weights folder of the trained VQ-VAE")
-    p.add_argument("--steps", type=_positive_int, default=1000)
-    p.add_argument("--batch-size", type=_positive_int, default=16)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--steps", type=_positive_int, default=TRAIN.steps, help=f"(default: {TRAIN.steps})")
+    p.add_argument("--batch-size", type=_positive_int, default=TRAIN.batch_size,
+                   help=f"global: split over the processes of a torchrun (default: {TRAIN.batch_size})")
+    p.add_argument("--lr", type=float, default=TRAIN.lr, help=f"(default: {TRAIN.lr:g})")
     p.add_argument("--holdout", nargs="*", default=None, help="file names kept out for the holdout loss")
     p.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
     p.add_argument("--compile", action="store_true",
@@ -135,56 +157,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=1.0,
                    help="(vqvae) scale every VQ-VAE channel count, e.g. 0.5 for a narrower, faster model "
                         "(default: 1, the original architecture)")
-    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+    p.add_argument("--schedule", choices=SCHEDULES, default=TRAIN.schedule,
                    help="learning rate after the warm-up: constant (the original's) or a cosine decay to "
-                        "lr/10 at --steps (default: constant)")
-    p.add_argument("--warmup", type=int, default=0, help="steps of linear learning-rate warm-up (default: 0)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ckpt-every", type=_positive_int, default=100)
-    p.add_argument("--log-every", type=_positive_int, default=10)
-    p.add_argument("--threads", type=_positive_int, default=None)
-    p.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many seconds")
+                        f"lr/10 at --steps (default: {TRAIN.schedule})")
+    p.add_argument("--warmup", type=int, default=TRAIN.warmup,
+                   help=f"steps of linear learning-rate warm-up (default: {TRAIN.warmup})")
+    p.add_argument("--ckpt-every", type=_positive_int, default=TRAIN.ckpt_every,
+                   help=f"steps between checkpoints (default: {TRAIN.ckpt_every})")
+    p.add_argument("--log-every", type=_positive_int, default=TRAIN.log_every,
+                   help=f"steps between log lines (default: {TRAIN.log_every})")
+    p.add_argument("--time-limit", type=float, default=TRAIN.time_limit,
+                   help="stop (with a checkpoint) after this many seconds")
+    p.set_defaults(seed=TRAIN.seed, compile=TRAIN.compile)
 
     p = sub.add_parser("calibrate", help="fit thresholds and score maps on normal holdout volumes",
+                       parents=[REGION, DEVICE, SEED],
                        description="Set lambda_s (98th) and lambda_p (90th percentile of per-code NLL) and "
                                    "the score maps from normal holdout volumes; writes them into the card.")
-    p.add_argument("--region", required=True, choices=REGIONS)
     p.add_argument("--data", required=True, type=Path, help="folder of normal holdout volumes")
     p.add_argument("--weights", required=True, type=Path)
-    p.add_argument("--device", default="auto")
     p.add_argument("--slices", type=_positive_int, default=8, help="slices for the (slow) pixel part")
     p.add_argument("--restorations", type=_positive_int, default=3)
-    p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("init-weights", help="write randomly initialised models (tests, smoke runs)")
-    p.add_argument("--region", required=True, choices=REGIONS)
+    p = sub.add_parser("init-weights", help="write randomly initialised models (tests, smoke runs)",
+                       parents=[REGION, SEED])
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--tiny", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("convert", help="convert volumes (NIfTI, NRRD, MHA) to the challenge's form")
+    p = sub.add_parser("convert", help="convert volumes (NIfTI, NRRD, MHA) to the challenge's form",
+                       parents=[REGION])
     p.add_argument("--input", "-i", required=True, type=Path)
     p.add_argument("--output", "-o", required=True, type=Path)
-    p.add_argument("--region", required=True, choices=REGIONS)
 
     p = sub.add_parser("make-toy", help="a validation set with synthetic anomalies (MOOD toy layout)",
+                       parents=[SEED],
                        description="Writes OUT/toy/, OUT/toy_label/sample/<name>.txt and "
                                    "OUT/toy_label/pixel/<name> from normal volumes.")
     p.add_argument("--input", "-i", required=True, type=Path, help="a normal volume or a folder of them")
     p.add_argument("--output", "-o", required=True, type=Path)
     p.add_argument("--count", required=True, type=_positive_int, help="number of cases")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--region", choices=REGIONS, default=None)
     p.add_argument("--normal-fraction", type=float, default=0.25, help="share of untouched normals")
     p.add_argument("--size", type=_positive_int, nargs=3, default=None, metavar=("A0", "A1", "A2"),
                    help="write smaller volumes (quick runs; then score with an explicit --region)")
 
-    from .validate import add_arguments as add_validate_arguments
-    add_validate_arguments(sub.add_parser(
+    _validate_arguments(sub.add_parser(
         "validate", help="the challenge's metric on a toy layout (package or --docker IMAGE)",
         description="Run the package or a container on a MOOD toy layout and score it exactly as the "
-                    "challenge's evaluator does (average precision), plus AUROC and best Dice."))
+                    "challenge's evaluator does (average precision), plus AUROC and best Dice. "
+                    "Arguments after a bare '--' go to the predictor."))
 
     p = sub.add_parser("show", help="a PNG montage of axial slices with scores and labels")
     p.add_argument("volume", type=Path)
@@ -193,20 +214,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", required=True, type=Path)
     p.add_argument("--slices", type=_positive_int, default=12)
 
-    p = sub.add_parser("demo", help="the whole pipeline on a shipped volume, in a few minutes on a CPU")
+    p = sub.add_parser("demo", help="the whole pipeline on a shipped volume, in a few minutes on a CPU",
+                       parents=[WEIGHTS, DEVICE])
     p.add_argument("--output", "-o", type=Path, default=Path("mood-demo"))
-    p.add_argument("--weights", type=Path, default=None)
-    p.add_argument("--device", default="auto")
     return parser
+
+
+def _validate_arguments(p: argparse.ArgumentParser) -> None:
+    from .validate import TASKS
+
+    p.add_argument("data", type=Path, help="folder with <region>/toy and <region>/toy_label/{sample,pixel}")
+    p.add_argument("--json", dest="output_json", type=Path, default=None, help="write the results here")
+    p.add_argument("--docker", default=None, metavar="IMAGE",
+                   help="run this container image the way the challenge does, instead of the package")
+    p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    p.add_argument("--regions", nargs="+", choices=REGIONS, default=list(REGIONS))
+    p.add_argument("--pictures", type=Path, default=None, help="folder for one PNG per case")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="keep predictions in WORKDIR/<region>/<task> (default: a temporary folder)")
+    p.add_argument("--extra-args", dest="extra_args", default="", metavar="'ARGS'",
+                   help="arguments for 'python -m mood' (or 'docker run'), as one quoted string; "
+                        "everything after a bare '--' is added to them")
+
+
+def split_extra(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``argv`` -> (before a bare ``--``, after it): the tail goes to validate's predictor unparsed."""
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors that argparse cannot see alone (combinations): exit 2 with argparse's message."""
+    if args.command == "train" and args.model == "prior":
+        if args.width != 1.0:
+            parser.error("--width applies to the VQ-VAE; the prior takes its architecture from --vqvae")
+        if args.vqvae is None:
+            parser.error("training the prior needs --vqvae DIR (the trained VQ-VAE's weights)")
+    if args.command != "validate" and args._extra:
+        parser.error(f"unrecognized arguments after '--': {' '.join(args._extra)} (only validate takes them)")
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     from .predict import predict
     from .report import report_path, write_report
     from .shard import placement, under_torchrun
-    from .volume_io import DEFAULT_MAX_VOXELS
+    from .volume_io import max_voxels_from_environment
     from .workers import run_workers, worker_count
 
+    max_voxels = args.max_voxels or max_voxels_from_environment()
     place = placement(args.shard, args.device)
     workers = worker_count(args.workers, place, args.device)
     if workers > 1:
@@ -231,7 +288,7 @@ def _run_predict(args: argparse.Namespace) -> int:
                       weights=args.weights, seed=args.seed,
                       restorations=args.restorations, slices=args.slices,
                       skip_existing=args.skip_existing,
-                      max_voxels=args.max_voxels or DEFAULT_MAX_VOXELS, progress=not args.quiet,
+                      max_voxels=max_voxels, progress=not args.quiet,
                       method=args.method, shard=place.shard, in_flight=args.in_flight)
     print(summary.line(), file=sys.stderr)
     if report:
@@ -247,34 +304,33 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    import json
-
     from .report import merge, read_reports, table
+    from .volume_io import write_json
 
     merged = merge(read_reports(args.reports))
     print(table(merged))
     if args.json:
-        from .volume_io import write_text
-
-        write_text(args.json, json.dumps(merged, indent=1) + "\n")
+        write_json(args.json, merged, indent=1)
     return 0 if not merged["failed"] and not merged["missing"] else 1
 
 
-def _run_train(args: argparse.Namespace) -> int:
-    from .train import train_prior, train_vqvae
+def train_settings(args: argparse.Namespace):
+    """The :class:`mood.training.TrainSettings` of a parsed ``mood train`` (options named like its fields)."""
+    from dataclasses import fields
 
-    common = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, holdout=args.holdout,
-                  resume=args.resume, tiny=args.tiny, device=args.device, seed=args.seed,
-                  ckpt_every=args.ckpt_every, log_every=args.log_every, threads=args.threads,
-                  time_limit=args.time_limit, init_from=args.init_from, compile=args.compile,
-                  schedule=args.schedule, warmup=args.warmup)
+    from .training.settings import TrainSettings
+
+    return TrainSettings(**{f.name: getattr(args, f.name) for f in fields(TrainSettings) if hasattr(args, f.name)})
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .training import train_prior, train_vqvae
+
+    common = dict(settings=train_settings(args), holdout=args.holdout, resume=args.resume, tiny=args.tiny,
+                  device=args.device, threads=args.threads, init_from=args.init_from)
     if args.model == "vqvae":
         out = train_vqvae(args.region, args.data, args.out, width=args.width, **common)
     else:
-        if args.width != 1.0:
-            raise ValueError("--width applies to the VQ-VAE; the prior takes its architecture from --vqvae")
-        if args.vqvae is None:
-            raise ValueError("training the prior needs --vqvae DIR (the trained VQ-VAE's weights)")
         out = train_prior(args.region, args.data, args.out, vqvae=args.vqvae, **common)
     print(f"weights written to {out}", file=sys.stderr)
     return 0
@@ -291,7 +347,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 
 
 def _run_init_weights(args: argparse.Namespace) -> int:
-    from .train import init_weights
+    from .training import init_weights
 
     print(init_weights(args.region, args.out, tiny=args.tiny, seed=args.seed))
     return 0
@@ -318,9 +374,17 @@ def _run_make_toy(args: argparse.Namespace) -> int:
 
 
 def _run_validate(args: argparse.Namespace) -> int:
-    from .validate import run_from_args
+    import shlex
 
-    return run_from_args(args, getattr(args, "_extra", []))
+    from .validate import format_table, succeeded, validate
+
+    report = validate(args.data, output_json=args.output_json, docker=args.docker, tasks=tuple(args.tasks),
+                      regions=tuple(args.regions), pictures=args.pictures,
+                      extra_args=shlex.split(args.extra_args or "") + args._extra, workdir=args.workdir)
+    print(format_table(report["results"]))
+    for line in report["skipped"]:
+        print(f"skipped {line}")
+    return 0 if succeeded(report["results"]) else 1
 
 
 def _run_show(args: argparse.Namespace) -> int:
@@ -332,8 +396,10 @@ def _run_show(args: argparse.Namespace) -> int:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import demo
+    from .validate import succeeded
 
-    return demo(args.output, weights=args.weights, device=args.device)
+    report = demo(args.output, weights=args.weights, device=args.device, say=lambda text: print(text, flush=True))
+    return 0 if succeeded(report["results"]) else 1
 
 
 HANDLERS = {"sample": _run_predict, "pixel": _run_predict, "report": _run_report, "train": _run_train,
@@ -341,16 +407,30 @@ HANDLERS = {"sample": _run_predict, "pixel": _run_predict, "report": _run_report
             "make-toy": _run_make_toy, "validate": _run_validate, "show": _run_show, "demo": _run_demo}
 
 
+def expected_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failure the user can act on (bad input, missing weights, file system),
+    as opposed to a bug: the former end in one line and exit 1, the latter keep their traceback."""
+    weights = sys.modules.get(f"{__package__}.weights")  # loaded whenever a WeightsError was raised
+    return isinstance(exc, (ValueError, OSError)) or (weights is not None and isinstance(exc, weights.WeightsError))
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    from .validate import split_extra
-
-    own, extra = split_extra(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(own)
+    own, extra = split_extra(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    args = parser.parse_args(own)
     args._extra = extra
     args._argv = own  # what the workers of a multi-GPU run are started with
+    check_arguments(parser, args)
     try:
         return HANDLERS[args.command](args)
-    except (ValueError, OSError) as exc:  # usage and file-system errors: one line, no traceback
-        print(f"mood {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        if not expected_failure(exc):
+            raise
+        print(f"mood {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        return 1

@@ -9,7 +9,7 @@
 2. runs the ``sample`` and ``pixel`` tasks on it with the brain weights (``weights/brain``, or
    ``$MOOD_WEIGHTS/brain``, as :func:`mood.weights.default_weights_dir` resolves them, or ``weights``);
 3. scores the predictions exactly as the challenge's evaluator does (:func:`mood.validate.validate`:
-   average precision, plus AUROC and best Dice), prints the table and draws one picture per case.
+   average precision, plus AUROC and best Dice), gives the table and draws one picture per case.
 
 Out, under ``output``::
 
@@ -37,24 +37,21 @@ wall time on a heavily shared one. On a busy machine ``OMP_NUM_THREADS=1`` is fa
 default of one thread per core: with the default, the same run took 442 s there even with weights
 that resample almost no codes.
 
-Without installed weights (no ``card.json``) the demo says so and returns 2 before any work.
-Returns 0 when every task ran and was scored, 1 otherwise.
+Without installed weights (no ``card.json``) it raises :class:`mood.weights.WeightsError` with a
+one-line message that says what to do, before any work. It returns the report that it also writes
+to ``results.json``; its progress and table go to ``say`` (``mood demo`` passes ``print``).
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import os
 import shutil
-import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .config import region_preset
 from .detector import DEFAULT_RESTORATIONS
-from .validate import TASKS, format_table
+from .validate import TASKS, format_table, succeeded
+from .volume_io import write_json, write_text
 
 REGION = "brain"
 #: The shipped normal volume (MNI152 2009a, 2 mm; see LICENSE-MNI152.txt beside it).
@@ -73,26 +70,20 @@ MARKER = ".mood-demo"
 #: What the demo writes under its output folder (a rerun removes these, and only these).
 _OWN = ("brain", "predictions", "pictures", "results.json")
 
-EXIT_OK, EXIT_FAILED, EXIT_NO_WEIGHTS = 0, 1, 2
+#: Where the demo's lines go: nowhere by default (``mood demo`` passes ``print``).
+Say = Callable[[str], None]
 
 
-def _say(text: str = "") -> None:
-    print(text, flush=True)
-
-
-def _error(text: str) -> None:
-    print(f"mood demo: error: {text}", file=sys.stderr, flush=True)
+def _silent(text: str) -> None:
+    pass
 
 
 def _no_weights_message(reason: str) -> str:
-    return (f"{reason}\n"
-            f"  The demo runs the trained models that ship in the repository's weights/{REGION} "
-            f"(card.json and safetensors shards).\n"
-            f"  Use a checkout that includes them, or point to a copy with --weights DIR or "
-            f"MOOD_WEIGHTS=ROOT (ROOT/{REGION}).\n"
-            f"  To try the pipeline without trained weights (the metrics are then meaningless):\n"
-            f"    mood init-weights --region {REGION} --out random-weights && "
-            f"mood demo --weights random-weights")
+    """One line: what is missing and what to do."""
+    return (f"{reason}; the demo runs the trained models of the repository's weights/{REGION}: use a "
+            f"checkout that includes them, pass --weights DIR or set MOOD_WEIGHTS=ROOT (ROOT/{REGION}), "
+            f"or try the pipeline with random weights (meaningless metrics): "
+            f"mood init-weights --region {REGION} --out random-weights && mood demo --weights random-weights")
 
 
 def check_weights(weights: Path | None) -> tuple[Path, dict[str, Any]]:
@@ -139,8 +130,8 @@ def prepare_output(output: Path) -> None:
         raise ValueError(f"output folder {output} is not empty and was not written by `mood demo`; "
                          f"choose another with --output DIR")
     output.mkdir(parents=True, exist_ok=True)
-    (output / MARKER).write_text("written by `mood demo`; a rerun replaces brain/, predictions/, "
-                                 "pictures/ and results.json\n")
+    write_text(output / MARKER, "written by `mood demo`; a rerun replaces brain/, predictions/, "
+                                "pictures/ and results.json\n")
     for name in _OWN:
         path = output / name
         if path.is_dir() and not path.is_symlink():
@@ -150,38 +141,31 @@ def prepare_output(output: Path) -> None:
 
 
 def _validate_task(output: Path, task: str, extra_args: Sequence[str], pictures: Path | None) -> dict[str, Any]:
-    """One task through :func:`mood.validate.validate`; its own table is left out (ours follows)."""
+    """One task through :func:`mood.validate.validate`."""
     from .validate import validate
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        return validate(output, tasks=(task,), regions=(REGION,), pictures=pictures,
-                        extra_args=list(extra_args), workdir=output / "predictions")
+    return validate(output, tasks=(task,), regions=(REGION,), pictures=pictures,
+                    extra_args=list(extra_args), workdir=output / "predictions")
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _announce(output: Path, source: Path, weights_dir: Path, info: dict[str, Any], count: int, normals: int,
+def _announce(say: Say, output: Path, source: Path, weights_dir: Path, info: dict[str, Any], count: int, normals: int,
               size: int, slices: int, restorations: int) -> None:
-    _say(f"mood demo: {count} brain cases ({count - normals} with synthetic anomalies, {normals} normal) "
+    say(f"mood demo: {count} brain cases ({count - normals} with synthetic anomalies, {normals} normal) "
          f"at {size}^3, made from {source.name}")
     if source == DEMO_VOLUME:
-        _say(f"  (the MNI152 2009a template at 2 mm; licence: {DEMO_VOLUME.parent / 'LICENSE-MNI152.txt'});")
-    _say(f"  scored on {slices} slices, pixel mode with {restorations} restorations per slice (challenge "
+        say(f"  (the MNI152 2009a template at 2 mm; licence: {DEMO_VOLUME.parent / 'LICENSE-MNI152.txt'});")
+    say(f"  scored on {slices} slices, pixel mode with {restorations} restorations per slice (challenge "
          f"runs: 256^3, {region_preset(REGION).n_slices} slices, {DEFAULT_RESTORATIONS} restorations).")
-    _say("  Sized to finish in a few minutes on a 2-core CPU; anomalies between the scored slices are "
+    say("  Sized to finish in a few minutes on a 2-core CPU; anomalies between the scored slices are "
          "missed, so the numbers show the pipeline, not the method's accuracy.")
-    _say(f"  weights: {weights_dir}")
+    say(f"  weights: {weights_dir}")
     if info.get("random_init"):
-        _say("  NOTE: these weights are randomly initialised (their card says so): the metrics are meaningless.")
-    _say(f"  output: {output}")
-    _say()
+        say("  NOTE: these weights are randomly initialised (their card says so): the metrics are meaningless.")
+    say(f"  output: {output}")
+    say("")
 
 
-def _run_tasks(output: Path, weights_dir: Path, device: str, seed: int, slices: int,
+def _run_tasks(say: Say, output: Path, weights_dir: Path, device: str, seed: int, slices: int,
                restorations: int) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
     """Predict and score both tasks; returns the predictor arguments and validate's report, per task."""
     # validate adds --input, --output and --region; --restorations is pixel's alone
@@ -193,36 +177,36 @@ def _run_tasks(output: Path, weights_dir: Path, device: str, seed: int, slices: 
     toy_dir, pred_dir = output / REGION / "toy", output / "predictions" / REGION
     reports = {}
     for step, task in ((2, "sample"), (3, "pixel")):
-        _say(f"[{step}/3] {task} task: python -m mood {task} --input {toy_dir} --output {pred_dir / task} "
+        say(f"[{step}/3] {task} task: python -m mood {task} --input {toy_dir} --output {pred_dir / task} "
              f"--region {REGION} {' '.join(args[task])}" + ("  (the slow part)" if task == "pixel" else ""))
         reports[task] = _validate_task(output, task, args[task],
                                        pictures=output / "pictures" if task == "pixel" else None)
     return args, reports
 
 
-def _print_summary(output: Path, report: dict[str, Any], ok: bool) -> None:
-    _say()
-    _say("The challenge's metric (average precision; AUROC and best Dice besides):")
-    _say(format_table(report["results"]))
-    _say()
-    _say(f"{'case':<16}{'anomaly':<13}{'label':>6}{'sample score':>14}")
+def _print_summary(say: Say, output: Path, report: dict[str, Any], ok: bool) -> None:
+    say("")
+    say("The challenge's metric (average precision; AUROC and best Dice besides):")
+    say(format_table(report["results"]))
+    say("")
+    say(f"{'case':<16}{'anomaly':<13}{'label':>6}{'sample score':>14}")
     for case, entry in report["demo"]["cases"].items():
         score = entry["sample_score"]
-        _say(f"{case:<16}{entry['kind'] or 'none':<13}{int(entry['kind'] is not None):>6}"
+        say(f"{case:<16}{entry['kind'] or 'none':<13}{int(entry['kind'] is not None):>6}"
              f"{'-' if score is None else f'{score:.4f}':>14}")
-    _say()
-    _say(f"toy set:     {output / REGION / 'toy'}  (labels in {output / REGION / 'toy_label'})")
-    _say(f"predictions: {output / 'predictions' / REGION}/{{sample,pixel}}")
-    _say(f"pictures:    {output / 'pictures' / REGION}  (pixel scores overlaid, anomalies outlined in cyan)")
-    _say(f"results:     {output / 'results.json'}")
-    _say(f"done in {report['demo']['seconds']:.0f} s"
+    say("")
+    say(f"toy set:     {output / REGION / 'toy'}  (labels in {output / REGION / 'toy_label'})")
+    say(f"predictions: {output / 'predictions' / REGION}/{{sample,pixel}}")
+    say(f"pictures:    {output / 'pictures' / REGION}  (pixel scores overlaid, anomalies outlined in cyan)")
+    say(f"results:     {output / 'results.json'}")
+    say(f"done in {report['demo']['seconds']:.0f} s"
          + ("" if ok else "; some predictions FAILED (see the errors above)"))
 
 
 def demo(output: Path = Path("mood-demo"), weights: Path | None = None, device: str = "auto", *,
          count: int = DEMO_COUNT, normals: int = DEMO_NORMALS, size: int = DEMO_SIZE,
          slices: int = DEMO_SLICES, restorations: int = DEMO_RESTORATIONS, seed: int = DEMO_SEED,
-         kinds: tuple[str, ...] = DEMO_KINDS, source: Path = DEMO_VOLUME) -> int:
+         kinds: tuple[str, ...] = DEMO_KINDS, source: Path = DEMO_VOLUME, say: Say = _silent) -> dict[str, Any]:
     """Build a toy set from the shipped volume, run both tasks, score them, draw them; see the module doc.
 
     Args:
@@ -238,36 +222,33 @@ def demo(output: Path = Path("mood-demo"), weights: Path | None = None, device: 
         seed: seed of the toy set and of the restorations.
         kinds: anomaly kinds, used in turn by the anomalous cases.
         source: the normal volume the cases are made from.
+        say: receives the demo's lines (progress, the table, where everything is).
 
     Returns:
-        0 when both tasks ran and were scored, 1 when a task failed, 2 without usable weights.
-        Raises ``ValueError`` for bad settings or an output folder it may not use.
+        The report written to ``results.json`` (``results``: validate's rows for both tasks;
+        :func:`mood.validate.succeeded` tells whether both ran and were scored). Raises
+        ``ValueError`` for bad settings or an output folder it may not use and
+        :class:`mood.weights.WeightsError` without usable weights, both before any work.
     """
     from .toy import make_toy
-    from .weights import WeightsError
 
     output, source = Path(output).absolute(), Path(source)
     _check_args(count, normals, size, slices, restorations)
     start = time.perf_counter()
-    try:
-        weights_dir, info = check_weights(weights)
-    except WeightsError as exc:
-        _error(str(exc))
-        return EXIT_NO_WEIGHTS
+    weights_dir, info = check_weights(weights)
     prepare_output(output)
-    _announce(output, source, weights_dir, info, count, normals, size, slices, restorations)
+    _announce(say, output, source, weights_dir, info, count, normals, size, slices, restorations)
 
     t0 = time.perf_counter()
     toy = make_toy(source, output / REGION, count, seed, region=REGION, normal_fraction=normals / count,
                    size=(size, size, size), kinds=kinds)
     t_toy = time.perf_counter() - t0
-    _say(f"[1/3] toy set: {toy.n_cases} cases in {output / REGION / 'toy'} ({t_toy:.0f} s): "
+    say(f"[1/3] toy set: {toy.n_cases} cases in {output / REGION / 'toy'} ({t_toy:.0f} s): "
          + ", ".join(f"{c.name} {c.kind or 'normal'}" for c in toy.cases))
-    args, reports = _run_tasks(output, weights_dir, device, seed, slices, restorations)
+    args, reports = _run_tasks(say, output, weights_dir, device, seed, slices, restorations)
 
     rows = [row for task in TASKS for row in reports[task]["results"]]
     cases = {key: value for task in TASKS for key, value in reports[task]["cases"].items()}
-    ok = bool(rows) and all(r["returncode"] == 0 and not r["error"] for r in rows)
     sample_cases = cases.get(f"{REGION}/sample", {})
     report = {
         "demo": {"source": str(source), "weights": str(weights_dir), "weights_info": info, "device": device,
@@ -281,9 +262,9 @@ def demo(output: Path = Path("mood-demo"), weights: Path | None = None, device: 
         "results": rows, "skipped": [s for task in TASKS for s in reports[task]["skipped"]],
         "workdir": reports["sample"]["workdir"], "cases": cases,
     }
-    _write_json(output / "results.json", report)
-    _print_summary(output, report, ok)
-    return EXIT_OK if ok else EXIT_FAILED
+    write_json(output / "results.json", report)
+    _print_summary(say, output, report, succeeded(rows))
+    return report
 
 
 __all__ = ["demo", "check_weights", "prepare_output", "DEMO_VOLUME", "DEMO_COUNT", "DEMO_NORMALS",

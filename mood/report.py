@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .predict import RunSummary, printable
 from .shard import Shard
-from .volume_io import write_text
+from .volume_io import write_json
 
 VERSION = 1
 
@@ -53,7 +53,7 @@ def write_report(path: Path, summary: RunSummary, *, task: str, method: str, inp
         "started": _iso(finished - summary.seconds), "finished": _iso(finished),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text(path, json.dumps(report, indent=1) + "\n")
+    write_json(path, report, indent=1)
     return report
 
 

@@ -20,7 +20,6 @@ generator ``default_rng([seed, i])``: the same seed gives the same set, whatever
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from itertools import zip_longest
@@ -31,7 +30,7 @@ import numpy as np
 from .anomalies import KINDS, insert_anomaly_spec
 from .config import REGIONS, region_of_shape
 from .convert import ensure_challenge_form, save_nifti
-from .volume_io import READABLE_SUFFIXES, list_inputs, read_volume, write_text
+from .volume_io import READABLE_SUFFIXES, list_inputs, read_volume, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +180,7 @@ def make_toy(input: Path, output: Path, count: int, seed: int, region: str | Non
     record = {"region": region, "shape": list(summary.shape), "seed": seed, "count": count,
               "normal_fraction": normal_fraction, "kinds": list(kinds), "inputs": [p.name for p in sources],
               "cases": {name: manifest[name] for name in sorted(manifest)}}
-    write_text(output / MANIFEST, json.dumps(record, indent=2) + "\n")
+    write_json(output / MANIFEST, record)
     return summary
 
 

@@ -6,9 +6,10 @@ In: ``data`` laid out like the challenge's toy data (either region may be absent
     data/brain/toy_label/sample/<case>.txt   data/brain/toy_label/pixel/<case>
     data/abdom/...
 
-Out: a table on stdout (region, task, AP, AUROC, best Dice, cases, missing, ...), a dict with the
-same rows (and per-case details), optionally written as JSON, and optionally one PNG per case
-(volume, pixel prediction, label outline).
+Out: a dict with one row per region and task (AP, AUROC, best Dice, cases, missing, ...) and
+per-case details, optionally written as JSON, and optionally one PNG per case (volume, pixel
+prediction, label outline); :func:`format_table` renders the rows. Nothing is printed here: the
+command line (``mood validate``, :mod:`mood.cli`) prints the table.
 
 The predictor runs once per region and task, as either
 
@@ -22,12 +23,9 @@ and scoring goes on: missing predictions count as the challenge counts them (0 /
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -40,6 +38,7 @@ import numpy as np
 
 from .config import REGIONS
 from .metrics import pixel_metrics, sample_metrics
+from .volume_io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +159,7 @@ def _pictures(region_dir: Path, pred_root: Path, out: Path, tasks: Sequence[str]
 def validate(data: Path, output_json: Path | None = None, docker: str | None = None,
              tasks: Sequence[str] = TASKS, regions: Sequence[str] = REGIONS, pictures: Path | None = None,
              extra_args: Sequence[str] = (), workdir: Path | None = None) -> dict[str, Any]:
-    """Predict and score every region and task found under ``data``; print a table.
+    """Predict and score every region and task found under ``data``.
 
     Args:
         data: folder with ``<region>/toy`` and ``<region>/toy_label/{sample,pixel}``.
@@ -226,68 +225,17 @@ def validate(data: Path, output_json: Path | None = None, docker: str | None = N
     report = _clean({"data": str(data), "predictor": f"docker:{docker}" if docker else "package",
                      "extra_args": list(extra_args), "results": rows, "skipped": skipped,
                      "workdir": None if temporary else str(root), "cases": cases})
-    print(format_table(rows))
-    for line in skipped:
-        print(f"skipped {line}")
     if output_json is not None:
         output_json = Path(output_json)
         output_json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output_json.with_name(f".{output_json.name}.part")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(tmp, output_json)
+        write_json(output_json, report)
     return report
 
 
-# -- command line ----------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``validate`` options (shared by ``scripts/validate.py`` and ``mood validate``)."""
-    parser.add_argument("data", type=Path, help="folder with <region>/toy and <region>/toy_label/{sample,pixel}")
-    parser.add_argument("--json", dest="output_json", type=Path, default=None, help="write the results here")
-    parser.add_argument("--docker", default=None, metavar="IMAGE",
-                        help="run this container image the way the challenge does, instead of the package")
-    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
-    parser.add_argument("--regions", nargs="+", choices=REGIONS, default=list(REGIONS))
-    parser.add_argument("--pictures", type=Path, default=None, help="folder for one PNG per case")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="keep predictions in WORKDIR/<region>/<task> (default: a temporary folder)")
-    parser.add_argument("--extra-args", dest="extra_args", default="", metavar="'ARGS'",
-                        help="arguments for 'python -m mood' (or 'docker run'), as one quoted string; "
-                             "everything after a bare '--' is added to them")
-    return parser
+def succeeded(rows: list[dict[str, Any]]) -> bool:
+    """Whether there were result rows and every predictor run exited 0 and was scored."""
+    return bool(rows) and all(r["returncode"] == 0 and not r["error"] for r in rows)
 
 
-def split_extra(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """``argv`` -> (before a bare ``--``, after it): the tail goes to the predictor unparsed."""
-    argv = list(argv)
-    if "--" in argv:
-        i = argv.index("--")
-        return argv[:i], argv[i + 1:]
-    return argv, []
-
-
-def run_from_args(args: argparse.Namespace, extra_args: Sequence[str] = ()) -> int:
-    """Run :func:`validate` from parsed arguments; 0 when every run exited 0 and was scored."""
-    extra = shlex.split(args.extra_args or "") + list(extra_args)
-    report = validate(args.data, output_json=args.output_json, docker=args.docker, tasks=tuple(args.tasks),
-                      regions=tuple(args.regions), pictures=args.pictures, extra_args=extra,
-                      workdir=args.workdir)
-    ok = bool(report["results"]) and all(r["returncode"] == 0 and not r["error"] for r in report["results"])
-    return 0 if ok else 1
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``scripts/validate.py`` entry point."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    parser = add_arguments(argparse.ArgumentParser(
-        prog="validate", description="Run the package or a container on a MOOD toy layout and score it "
-                                     "exactly as the challenge's evaluator does."))
-    own, extra = split_extra(sys.argv[1:] if argv is None else argv)
-    try:
-        return run_from_args(parser.parse_args(own), extra)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-__all__ = ["TASKS", "validate", "run_predictor", "predictor_command", "docker_gpu_args", "format_table",
-           "add_arguments", "split_extra", "run_from_args", "main"]
+__all__ = ["TASKS", "validate", "succeeded", "run_predictor", "predictor_command", "docker_gpu_args",
+           "format_table"]

@@ -3,12 +3,16 @@
 A :class:`Volume` holds one input as float32 in the challenge's array layout (a0, a1, a2) (slices
 along a2) with the header it came with; everything downstream works on it and the writers put the
 exact shape and affine back. :func:`read_volume` reads any supported file in its own units;
-:func:`load_volume` is what inference scores: a NIfTI brought into [0, 1].
+:func:`load_volume` is what inference scores: a NIfTI brought into [0, 1]. Every output file,
+JSON included (:func:`write_json`), is written by :func:`atomic_write`. Nothing happens at import:
+the umask and ``MOOD_MAX_VOXELS`` are read when first needed.
 """
 from __future__ import annotations
 
 import fcntl
+import functools
 import gzip
+import json
 import logging
 import os
 import re
@@ -27,7 +31,14 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 READABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
-def _max_voxels_from_environment(default: int = 2 * 512**3) -> int:
+#: Refuse inputs above this many voxels before reading any data (decompression bombs, memory):
+#: two 512^3 volumes' worth. The command line takes ``--max-voxels``, else ``MOOD_MAX_VOXELS``
+#: (:func:`max_voxels_from_environment`), else this.
+DEFAULT_MAX_VOXELS = 2 * 512**3
+
+
+def max_voxels_from_environment(default: int = DEFAULT_MAX_VOXELS) -> int:
+    """``MOOD_MAX_VOXELS`` if set (read when called, never at import), else ``default``."""
     text = os.environ.get("MOOD_MAX_VOXELS", "").strip()
     if not text:
         return default
@@ -40,16 +51,11 @@ def _max_voxels_from_environment(default: int = 2 * 512**3) -> int:
     return value
 
 
-#: Refuse inputs above this many voxels before reading any data (decompression bombs, memory).
-#: Two 512^3 volumes' worth; override with ``--max-voxels`` or ``MOOD_MAX_VOXELS``.
-DEFAULT_MAX_VOXELS = _max_voxels_from_environment()
 #: Refuse a header (with its extensions) longer than this before nibabel reads it: a few kB of
 #: .nii.gz can otherwise expand into gigabytes of "extensions".
 MAX_HEADER_BYTES = 64 * 2**20
 #: Values this far outside [0, 1] trigger a robust rescale (challenge data lie in [0, 1]).
 RANGE_TOLERANCE = 0.01
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class InputError(ValueError):
@@ -355,6 +361,22 @@ def _locked_temporary(final: Path) -> tuple[int, str]:
         os.close(fd)
 
 
+@functools.cache
+def _process_umask() -> int:
+    """The process's umask, read on first use (Linux: from /proc, which changes nothing; elsewhere
+    set and restored once)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(final: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: never a partial file.
 
@@ -364,7 +386,7 @@ def atomic_write(final: Path, write) -> None:
     fd, tmp = _locked_temporary(final)
     try:
         write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
+        os.chmod(tmp, 0o666 & ~_process_umask())  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -401,7 +423,13 @@ def remove_stale_temporaries(folder: Path) -> list[str]:
 
 
 def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (:func:`atomic_write`)."""
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json(path: Path, data: object, indent: int = 2) -> None:
+    """``data`` as JSON (with a final newline) to ``path`` atomically: every JSON file goes through here."""
+    write_text(Path(path), json.dumps(data, indent=indent) + "\n")
 
 
 def round_to_float16_(scores: np.ndarray, chunk: int = 16) -> np.ndarray:

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from .config import RegionConfig
 from .networks import VQVAE, PixelSNAIL
 from .scoring import ScoreMap
+from .volume_io import write_json
 
 FORMAT_VERSION = 1
 #: Shards stay below this size so that every file fits hosting and transfer limits.
@@ -97,10 +98,7 @@ def read_card(directory: str | Path) -> Card:
 
 
 def write_card(directory: str | Path, card: Card) -> None:
-    path = Path(directory) / "card.json"
-    tmp = path.with_name(".card.json.tmp")
-    tmp.write_text(json.dumps(card.to_json(), indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(Path(directory) / "card.json", card.to_json())
 
 
 def _save_sharded(state: dict[str, torch.Tensor], directory: Path, stem: str, dtype: torch.dtype) -> None:

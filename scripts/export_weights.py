@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from mood.train import export_weights  # noqa: E402
-from mood.training_data import provenance  # noqa: E402
+from mood.training import export_weights  # noqa: E402
+from mood.training.data import provenance  # noqa: E402
 from mood.weights import read_card  # noqa: E402
 
 

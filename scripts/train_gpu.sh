@@ -49,7 +49,7 @@ export MOOD_CACHE="$WORK/cache" PYTHONUNBUFFERED=1
 "$PY" - "$REGION" "$DATA" "$WORK" "$HOLDOUT" "$BATCH" "$VQ_SECONDS" "$PRIOR_SECONDS" "$DEVICE" "$TINY" <<'PYEOF'
 import sys, time
 from pathlib import Path
-from mood.train import train_vqvae, train_prior
+from mood.training import train_vqvae, train_prior
 region, data, work, holdout, batch, vq_s, prior_s, device, tiny = sys.argv[1:]
 tiny = tiny == "1"
 common = dict(batch_size=int(batch), lr=3e-4, holdout=[holdout], resume=True, device=device,
@@ -70,7 +70,7 @@ import json, sys
 from pathlib import Path
 import torch
 from mood.calibrate import calibrate
-from mood.train import export_weights
+from mood.training import export_weights
 region, work, out, device, tiny = sys.argv[1:]
 card = calibrate(region, Path(work) / "holdout", Path(work) / "w", device=device,
                  n_slices=3 if tiny == "1" else 16, restorations=2 if tiny == "1" else 15, seed=0)

@@ -6,8 +6,8 @@
 # the step, checkpoints and exits); the --steps values below are the steps at which they stopped.
 # Data sampling and augmentation are a pure function of (seed, step), so this script replays the
 # same batches; dropout masks and thread timing are not bit-for-bit reproducible.
-# The runs called mood.train.train_vqvae / train_prior through a tiny driver (runs/run_train.py)
-# with exactly these keyword arguments; `mood train` passes the same ones.
+# The runs called train_vqvae / train_prior (then in mood.train, now mood.training) through a tiny
+# driver (runs/run_train.py) with exactly these keyword arguments; `mood train` passes the same ones.
 #
 # Run from anywhere; DATA defaults to ../shared/data (public volumes, see its README).
 set -eu
@@ -50,7 +50,7 @@ python - "$RUNS" <<'PYEOF'
 import json, sys
 from pathlib import Path
 import torch
-from mood.train import export_weights
+from mood.training import export_weights
 from mood.weights import read_card
 runs = Path(sys.argv[1])
 LICENCES = {
@@ -101,7 +101,7 @@ python - "$RUNS" <<'PYEOF'
 import sys
 from pathlib import Path
 import torch
-from mood.train import export_weights
+from mood.training import export_weights
 from mood.weights import read_card
 runs = Path(sys.argv[1])
 shipped = read_card(Path("weights/brain")).info

@@ -4,7 +4,7 @@
 Usage: python scripts/validate.py DATA [--docker IMAGE] [--json OUT.json] [--pictures DIR]
        [--tasks sample pixel] [--regions brain abdom] [--workdir DIR] [-- ARGS for python -m mood]
 
-See :mod:`mood.validate`.
+The same as ``mood validate`` (its parser is :mod:`mood.cli`'s), for a checkout without installing.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from mood.validate import main  # noqa: E402
+from mood.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["validate", *sys.argv[1:]]))

@@ -32,6 +32,7 @@ from mood.config import METHODS, region_preset  # noqa: E402
 from mood.show import show  # noqa: E402
 from mood.toy import MANIFEST, make_toy  # noqa: E402
 from mood.validate import validate  # noqa: E402
+from mood.volume_io import write_json  # noqa: E402
 from mood.weights import read_card, write_card  # noqa: E402
 
 METRICS = ("ap", "auroc", "best_dice")
@@ -125,7 +126,7 @@ def main() -> int:
         pictures[method] = png
     report["seconds"] = round(time.perf_counter() - start, 1)
     out_json = args.work / f"{args.region}_validation.json"
-    out_json.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out_json, report)
 
     if args.picture_dir is not None:
         args.picture_dir.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mood.calibrate import calibrate
-from mood.train import init_weights
+from mood.training import init_weights
 from mood.weights import read_card
 
 

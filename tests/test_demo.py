@@ -1,8 +1,6 @@
 """The embedded demo end to end on tiny random weights and tiny volumes; its refusals."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +10,9 @@ import pytest
 from mood import demo as demo_module
 from mood.cli import main
 from mood.demo import MARKER, demo, prepare_output
-from mood.train import init_weights
+from mood.training import init_weights
+from mood.validate import succeeded
+from mood.weights import WeightsError
 
 TINY = dict(count=3, normals=1, size=24, slices=4, restorations=2)
 
@@ -25,21 +25,20 @@ def random_weights(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(random_weights, tmp_path_factory):
-    """One tiny demo run shared by the tests below: (exit status, printed text, output folder).
-    (capsys is per test, so the printed text is captured here.)"""
+    """One tiny demo run shared by the tests below: (report, the lines it said, output folder)."""
     out = tmp_path_factory.mktemp("demo") / "out"
-    buffer = io.StringIO()
+    lines: list[str] = []
     # one thread in the predictor processes: tiny models gain nothing from more, and on a busy
     # machine threads waiting for each other would make this test many times slower
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(buffer):
+    with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OMP_NUM_THREADS", "1")
-        rc = demo(out, weights=random_weights, device="cpu", **TINY)
-    return rc, buffer.getvalue(), out
+        report = demo(out, weights=random_weights, device="cpu", say=lines.append, **TINY)
+    return report, "\n".join(lines), out
 
 
 def test_demo_runs_end_to_end(run):
-    rc, text, out = run
-    assert rc == 0, text
+    report, text, out = run
+    assert succeeded(report["results"]), text
     lines = text.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("region"))
     assert lines[header].split() == ["region", "task", "AP", "AUROC", "bestDice", "cases", "missing",
@@ -58,7 +57,7 @@ def test_demo_runs_end_to_end(run):
 
 
 def test_demo_writes_toy_set_predictions_pictures_and_json(run):
-    rc, _, out = run
+    returned, _, out = run
     cases = sorted(p.name for p in (out / "brain" / "toy").iterdir())
     assert cases == ["toy_000.nii.gz", "toy_001.nii.gz", "toy_002.nii.gz"]
     for name in cases:
@@ -71,6 +70,7 @@ def test_demo_writes_toy_set_predictions_pictures_and_json(run):
     assert all((out / "pictures" / "brain" / p).stat().st_size > 1000 for p in pictures)
 
     report = json.loads((out / "results.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert report == json.loads(json.dumps(returned))  # what it returns is what it wrote
     assert [(r["region"], r["task"], r["returncode"], r["n_cases"]) for r in report["results"]] == [
         ("brain", "sample", 0, 3), ("brain", "pixel", 0, 3)]
     settings = report["demo"]
@@ -84,24 +84,27 @@ def test_demo_writes_toy_set_predictions_pictures_and_json(run):
 def test_missing_weights_say_so_and_exit_non_zero(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MOOD_WEIGHTS", str(tmp_path / "no-weights-here"))
     out = tmp_path / "out"
-    assert demo(out, **TINY) == 2
-    err = capsys.readouterr().err
-    assert "mood demo: error: no trained brain weights are installed" in err
-    assert str(tmp_path / "no-weights-here" / "brain" / "card.json") in err
-    assert "mood init-weights --region brain" in err  # says what to do
+    with pytest.raises(WeightsError) as caught:
+        demo(out, **TINY)
+    message = str(caught.value)
+    assert message.startswith("no trained brain weights are installed") and "\n" not in message
+    assert str(tmp_path / "no-weights-here" / "brain" / "card.json") in message
+    assert "mood init-weights --region brain" in message  # says what to do
+    assert capsys.readouterr() == ("", "")  # the library prints nothing
     assert not out.exists()  # nothing written before the check
 
 
 def test_missing_weights_through_the_cli(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MOOD_WEIGHTS", str(tmp_path))
-    assert main(["demo", "--output", str(tmp_path / "out")]) == 2
-    assert "no trained brain weights are installed" in capsys.readouterr().err
+    assert main(["demo", "--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mood demo: error: no trained brain weights are installed") and err.count("\n") == 1
 
 
 def test_explicit_weights_without_a_card(tmp_path, capsys):
     (tmp_path / "w").mkdir()
-    assert demo(tmp_path / "out", weights=tmp_path / "w", **TINY) == 2
-    assert f"no usable brain weights in {tmp_path / 'w'}" in capsys.readouterr().err
+    with pytest.raises(WeightsError, match=f"no usable brain weights in {tmp_path / 'w'}"):
+        demo(tmp_path / "out", weights=tmp_path / "w", **TINY)
 
 
 def test_weights_without_a_prior_are_refused_before_any_work(random_weights, tmp_path, capsys):
@@ -110,8 +113,8 @@ def test_weights_without_a_prior_are_refused_before_any_work(random_weights, tmp
     shutil.copytree(random_weights, partial)
     for shard in partial.glob("prior-*.safetensors"):
         shard.unlink()
-    assert demo(tmp_path / "out", weights=partial, **TINY) == 2
-    assert "no prior weights" in capsys.readouterr().err
+    with pytest.raises(WeightsError, match="no prior weights"):
+        demo(tmp_path / "out", weights=partial, **TINY)
     assert not (tmp_path / "out").exists()
 
 
@@ -155,7 +158,7 @@ def test_default_demo_with_the_installed_weights(tmp_path, capsys):
 
     if not (default_weights_dir("brain") / "card.json").is_file():
         pytest.skip("no brain weights installed")
-    assert demo(tmp_path / "out") == 0
+    assert main(["demo", "--output", str(tmp_path / "out")]) == 0
     report = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [r["n_cases"] for r in report["results"]] == [demo_module.DEMO_COUNT] * 2
     assert len(list((tmp_path / "out" / "pictures" / "brain").glob("*.png"))) == demo_module.DEMO_COUNT

@@ -407,22 +407,21 @@ def test_max_voxels_refuses_before_reading(tmp_path, tiny_weights, reads, capsys
 
 def test_max_voxels_default_comes_from_the_environment(tmp_path, tiny_weights, reads, monkeypatch,
                                                         capsys):
+    """MOOD_MAX_VOXELS is read when the command runs (nothing is read at import); a bad value is
+    one line and exit 1."""
     import mood.volume_io
 
-    script = "from mood.volume_io import DEFAULT_MAX_VOXELS as d; print(d)"
-    env = dict(os.environ, MOOD_MAX_VOXELS="6000")
-    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
-    assert run.stdout.strip() == "6000", run.stderr
-    env["MOOD_MAX_VOXELS"] = "lots"
-    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
-    assert run.returncode != 0
-    assert "MOOD_MAX_VOXELS must be a positive integer, got 'lots'" in run.stderr
-    # ... and the command line uses that default when --max-voxels is not given.
-    monkeypatch.setattr(mood.volume_io, "DEFAULT_MAX_VOXELS", 6000)
+    monkeypatch.setenv("MOOD_MAX_VOXELS", "6000")
     code = main(["sample", "-i", str(_two_cases(tmp_path / "in")), "-o", str(tmp_path / "out"),
                  "--region", "brain", "--weights", str(tiny_weights), "--slices", "3", "-q"])
     assert code == 1 and "exceed the limit of 6,000" in capsys.readouterr().err
     assert reads == ["b.nii.gz"]
+    monkeypatch.setenv("MOOD_MAX_VOXELS", "lots")
+    assert main(["sample", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out2"), "--region", "brain",
+                 "--weights", str(tiny_weights), "-q"]) == 1
+    assert capsys.readouterr().err == "mood sample: error: MOOD_MAX_VOXELS must be a positive integer, got 'lots'\n"
+    assert not (tmp_path / "out2").exists()
+    assert mood.volume_io.DEFAULT_MAX_VOXELS == 2 * 512**3  # the environment does not change the library
 
 
 # -- determinism --------------------------------------------------------------------------------

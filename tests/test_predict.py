@@ -103,7 +103,10 @@ def test_region_auto():
 def test_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["pixel", "-i", str(tmp_path), "-o", str(tmp_path / "o"), "--restorations", "0"])
-    assert main(["sample", "-i", str(tmp_path / "missing"), "-o", str(tmp_path / "o")]) == 2
+    capsys.readouterr()
+    # a missing input is an expected failure, not a usage error: one line, exit 1
+    assert main(["sample", "-i", str(tmp_path / "missing"), "-o", str(tmp_path / "o")]) == 1
+    assert capsys.readouterr().err == f"mood sample: error: {tmp_path / 'missing'}: no such file or directory\n"
 
 
 def test_output_never_overwrites_input(tmp_path, tiny_weights):

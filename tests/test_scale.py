@@ -230,7 +230,7 @@ def test_report_never_inside_the_output_folder(tmp_path, cohort, tiny_weights, c
     assert report_path(tmp_path / "r.json", Shard(), out) == tmp_path / "r.json"
     code = main(["sample", "-i", str(cohort), "-o", str(out), "--region", "brain", "--weights",
                  str(tiny_weights), "--report", str(out / "r.json"), "-q"])
-    assert code == 2 and not out.exists()  # refused before anything was scored or written
+    assert code == 1 and not out.exists()  # refused before anything was scored or written
     assert "inside the output folder" in capsys.readouterr().err
 
 
@@ -263,7 +263,7 @@ def test_merge_reports_counts_failures_and_missing_shards(tmp_path, capsys):
     complete.write_text(json.dumps(_report("0/1", 10)))
     assert main(["report", str(complete)]) == 0
     (tmp_path / "junk.json").write_text("{}")
-    assert main(["report", str(tmp_path / "junk.json")]) == 2
+    assert main(["report", str(tmp_path / "junk.json")]) == 1
 
 
 # -- overlapped reading and writing ----------------------------------------------------------------

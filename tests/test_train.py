@@ -17,7 +17,7 @@ import torch
 
 from mood.config import tiny_preset
 from mood.networks import VQVAE
-from mood.train import (
+from mood.training import (
     Dist,
     code_stats,
     init_weights,
@@ -29,7 +29,7 @@ from mood.train import (
     train_prior,
     train_vqvae,
 )
-from mood.training_data import (
+from mood.training.data import (
     fixed_batch,
     load_banks,
     sample_batch,
@@ -214,6 +214,14 @@ def test_vqvae_and_prior_train_resume_and_load(heads, tmp_path):
     steps = [r["step"] for r in log2 if "loss" in r]
     assert steps[-1] == 23 and max(steps[:len(log)]) == 20
     assert json.loads((out / "train" / "vqvae" / "state.json").read_text())["step"] == 23
+    # the checkpoint format that every version reads and resumes: names and keys unchanged
+    assert sorted(p.name for p in (out / "train" / "vqvae").iterdir()) == [
+        "log.jsonl", "model.safetensors", "optimizer.safetensors", "state.json"]
+    state = json.loads((out / "train" / "vqvae" / "state.json").read_text())
+    assert sorted(state) == ["best", "config", "cpu_s", "elapsed_s", "optimizer", "settings", "step"]
+    assert sorted(state["optimizer"]) == ["param_groups", "scalars", "shapes"]
+    assert {"step", "lr", "loss", "recon", "codebook", "commit", "codes_used", "perplexity", "reseeded",
+            "reseeded_total", "step_s", "elapsed_s", "cpu_s"} == set(log[0])
 
     pout = tmp_path / "wp"
     train_prior("brain", heads, pout, vqvae=out, steps=12, **_kw(tmp_path))
@@ -325,7 +333,7 @@ def test_ddp_two_processes_gloo(heads, tmp_path):
     script.write_text(
         "import sys\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "from mood.train import train_vqvae\n"
+        "from mood.training import train_vqvae\n"
         f"train_vqvae('brain', {str(heads)!r}, {str(out)!r}, steps=4, batch_size=4, lr=1e-3, "
         "holdout=['head2'], tiny=True, device='cpu', seed=0, ckpt_every=2, log_every=1, threads=1, "
         f"cache_dir={str(tmp_path / 'cache')!r}, volume_shape={SHAPE!r})\n")

@@ -12,7 +12,8 @@ import pytest
 
 from mood import validate as validate_module
 from mood.toy import make_toy
-from mood.validate import main, predictor_command, validate
+from mood.cli import main
+from mood.validate import format_table, predictor_command, succeeded, validate
 
 SIZE = (20, 20, 16)
 
@@ -67,8 +68,10 @@ def test_perfect_predictor_scores_one(data, tmp_path, monkeypatch, capsys):
     assert [c[0] for c in runner.calls] == ["sample", "pixel"]
     assert runner.calls[0][5] == ("--device", "cpu")
     assert runner.calls[0][3] == tmp_path / "work" / "brain" / "sample"
-    out = capsys.readouterr().out
-    assert "brain" in out and "sample" in out and "1.0000" in out
+    assert capsys.readouterr().out == ""  # the library prints nothing; the command line prints the table
+    table = format_table(report["results"])
+    assert "brain" in table and "sample" in table and "1.0000" in table
+    assert succeeded(report["results"])
     # strict JSON (no NaN): the abdomen was skipped, brain rows are complete
     saved = json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert saved["results"] == report["results"]
@@ -80,15 +83,29 @@ def test_missing_predictions_and_exit_status(data, monkeypatch, capsys):
     report = validate(data, tasks=("sample",))
     (row,) = report["results"]
     assert row["n_missing"] == 1 and row["returncode"] == 1 and row["n_cases"] == 4
-    assert main([str(data), "--tasks", "sample", "--", "--seed", "3"]) == 1  # a failed run is reported
+    assert not succeeded(report["results"])
+    assert main(["validate", str(data), "--tasks", "sample", "--", "--seed", "3"]) == 1  # a failed run is reported
 
 
-def test_main_passes_extra_args(data, monkeypatch):
+def test_main_passes_extra_args_and_prints_the_table(data, monkeypatch, capsys):
     runner = _fake_runner()
     monkeypatch.setattr(validate_module, "run_predictor", runner)
-    assert main([str(data), "--regions", "brain", "--tasks", "pixel", "--extra-args", "--slices 4",
+    assert main(["validate", str(data), "--regions", "brain", "--tasks", "pixel", "--extra-args", "--slices 4",
                  "--", "--seed", "3"]) == 0
     assert runner.calls[0][5] == ("--slices", "4", "--seed", "3")
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:3] == ["region", "task", "AP"] and "1.0000" in out
+
+
+def test_the_script_is_the_command_line(data, tmp_path):
+    """scripts/validate.py parses with mood.cli's parser: same options, same one-line errors."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "validate.py"
+    run = subprocess.run([sys.executable, str(script), str(tmp_path / "nope")], capture_output=True, text=True)
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.strip().splitlines()[-1] == f"mood validate: error: data folder {tmp_path / 'nope'} does not exist"
+    assert "Traceback" not in run.stderr
 
 
 def test_predictor_commands():
@@ -107,7 +124,7 @@ def test_errors(tmp_path, data):
         validate(tmp_path / "nope")
     with pytest.raises(ValueError, match="tasks"):
         validate(data, tasks=("segment",))
-    assert main([str(tmp_path / "nope")]) == 2
+    assert main(["validate", str(tmp_path / "nope")]) == 1
 
 
 def test_broken_layout_is_reported_not_fatal(data, tmp_path, monkeypatch):

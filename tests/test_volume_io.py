@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mood.config import region_of_shape
-from mood.training_data import split_files
+from mood.training.data import split_files
 from mood.volume_io import (NIFTI_SUFFIXES, READABLE_SUFFIXES, InputError, list_inputs, load_volume,
                             read_volume)
 

@@ -9,7 +9,9 @@ along the slice axis is passed through exactly the inference pipeline -- :class:
 random over the whole extent (empty planes included, because inference scores the whole extent),
 so geometry, conditioning and intensities match inference by construction.
 
-Out: batches ``x`` (B, S, S) float32 and ``coord`` (B, 1) float32.
+Out: batches ``x`` (B, S, S) float32 and ``coord`` (B, 1) float32: random ones for training
+(:func:`draw_batch`, augmented, a pure function of (seed, rank, step) so that a resumed run draws
+the same batches) and fixed ones for the holdout loss (:func:`fixed_batch`).
 
 Banks are cached as safetensors files (one per volume) keyed by the source file's size, mtime and
 the preprocessing settings, so a resumed or second training does not convert again.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +29,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import RegionConfig
-from .slicing import SliceGrid, extract_slices, normalise, slice_grid
-from .volume_io import READABLE_SUFFIXES, list_inputs
+from ..augment import AugmentConfig, augment
+from ..config import RegionConfig
+from ..slicing import SliceGrid, extract_slices, normalise, slice_grid
+from ..volume_io import READABLE_SUFFIXES, atomic_write, list_inputs
 
 #: Bump when the bank contents change meaning (invalidates caches). 2: volumes already in
 #: challenge form are no longer converted.
@@ -93,15 +97,13 @@ def load_bank(path: Path, config: RegionConfig, cache_dir: Path | None = None,
         if cached.is_file():
             t = load_file(str(cached))
             return SliceBank(name=path.name, slices=t["slices"], positions=t["positions"])
-    from .convert import ensure_challenge_form  # imported late: conversion pulls in scipy
+    from ..convert import ensure_challenge_form  # imported late: conversion pulls in scipy
 
     volume, _ = ensure_challenge_form(path, config.region, shape=shape)
     bank = volume_to_bank(volume, config, path.name)
     if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")  # processes may race
-        save_file({"slices": bank.slices, "positions": bank.positions}, str(tmp))
-        tmp.replace(cached)
+        cached.parent.mkdir(parents=True, exist_ok=True)  # processes may race: each its own temporary
+        atomic_write(cached, lambda tmp: save_file({"slices": bank.slices, "positions": bank.positions}, str(tmp)))
     return bank
 
 
@@ -175,13 +177,43 @@ def fixed_batch(banks: list[SliceBank], n_per_volume: int) -> tuple[torch.Tensor
     return torch.cat(xs), torch.cat(cs)
 
 
+def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """Data and augmentation randomness as a pure function of (seed, rank, step): resumes exactly."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + rank * 7919 + step) % (2**63))
+
+
+def draw_batch(banks: list[SliceBank], n: int, gen: torch.Generator, aug: AugmentConfig | None,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sample_batch`, augmented when ``aug`` is given, on ``device``: ``x`` (n, S, S), ``coord`` (n, 1)."""
+    x, coord = sample_batch(banks, n, gen)
+    if aug is not None:
+        x = augment(x, gen, aug)
+    return x.to(device, non_blocking=True), coord.to(device, non_blocking=True)
+
+
+def chunks(x: torch.Tensor, coord: torch.Tensor, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(x, coord)`` in consecutive pieces of at most ``size`` slices (evaluation batches)."""
+    for i in range(0, x.shape[0], size):
+        yield x[i : i + size], coord[i : i + size]
+
+
+def default_cache(out: Path) -> Path:
+    """Where slice banks are cached: ``$MOOD_CACHE`` (read when called), else ``out/train/cache``."""
+    env = os.environ.get("MOOD_CACHE")
+    return Path(env) if env else Path(out) / "train" / "cache"
+
+
 __all__ = [
     "SliceBank",
+    "chunks",
+    "default_cache",
+    "draw_batch",
     "fixed_batch",
     "load_bank",
     "load_banks",
     "provenance",
     "sample_batch",
     "split_files",
+    "step_generator",
     "volume_to_bank",
 ]

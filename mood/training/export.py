@@ -1,0 +1,90 @@
+"""Models -> weights folders: a trained model's card with its provenance, random weights, copies.
+
+Out: weights folders in the format of :mod:`mood.weights` (``card.json`` + safetensors shards).
+
+- :func:`save_trained_vqvae`, :func:`save_trained_prior`: what the loop exports when the holdout
+  improves (the card records the run: data by folder name and checksums, never a machine path);
+- :func:`init_weights`: randomly initialised models in the real format (tests, smoke runs);
+- :func:`export_weights`: a copy of a weights folder stored as another dtype (e.g. float16).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import RegionConfig
+from ..networks import VQVAE, PixelSNAIL
+from ..weights import Card, load_prior, load_vqvae, read_card, save_models
+from .codebook import CODEBOOK_REMEDY
+from .data import provenance
+from .settings import model_config
+
+
+def checked_card(init_from: Path, config: RegionConfig) -> Card:
+    """The card of ``init_from``, refused unless its architecture is ``config``."""
+    card = read_card(init_from)
+    if card.config != config:
+        raise ValueError(f"--init-from {init_from}: its architecture differs from the one being trained")
+    return card
+
+
+def weights_note(folder: Path, kind: str) -> dict[str, Any]:
+    """A weights folder's ``kind`` model by name and checksums (no machine path)."""
+    folder = Path(folder)
+    return {"weights": folder.resolve().name,
+            "sha256": provenance(sorted(folder.glob(f"{kind}-*.safetensors")), folder)}
+
+
+def init_note(init_from: Path, kind: str) -> dict[str, Any]:
+    """Where a fine-tuned model started: its weights and that model's own training record."""
+    earlier = read_card(init_from).info.get("training", {}).get(kind, {})
+    return {**weights_note(init_from, kind), "steps": earlier.get("steps"),
+            "init_from": earlier.get("init_from")}
+
+
+def save_trained_vqvae(info: dict[str, Any], *, out: Path, config: RegionConfig, model: VQVAE,
+                       init_from: Path | None) -> None:
+    """``out``: the VQ-VAE with a card whose ``training.vqvae`` is ``info`` (no prior yet)."""
+    if init_from is not None:
+        info = {**info, "init_from": init_note(init_from, "vqvae")}
+    card = Card(config=config, info={"training": {"vqvae": {**info, "codebook": CODEBOOK_REMEDY}}})
+    save_models(out, card, model, None)
+
+
+def save_trained_prior(info: dict[str, Any], *, out: Path, vq_card: Card, vq: VQVAE, vqvae: Path,
+                       model: PixelSNAIL, init_from: Path | None) -> None:
+    """``out``: both models, the VQ-VAE's card info kept, ``training.prior`` = ``info``; calibration reset."""
+    if init_from is not None:
+        info = {**info, "init_from": init_note(init_from, "prior")}
+    vq_info = vq_card.info.get("training", {}).get("vqvae", {})
+    card = Card(config=vq_card.config, info={
+        **vq_card.info, "training": {"vqvae": vq_info, "prior": {**info, "vqvae_from": weights_note(vqvae, "vqvae")}}})
+    save_models(out, card, vq, model)
+
+
+def init_weights(region: str, out: Path, tiny: bool = False, seed: int = 0) -> Path:
+    """Write randomly initialised models (real card and shard format) to ``out``; for tests and smoke runs."""
+    config = model_config(region, tiny)
+    torch.manual_seed(seed)
+    vq, prior = VQVAE(config.vqvae).eval(), PixelSNAIL(config.prior).eval()
+    card = Card(config=config, info={"random_init": True, "seed": seed,
+                                     "note": "random weights: for tests and smoke runs only"})
+    save_models(out, card, vq, prior)
+    return Path(out)
+
+
+def export_weights(src: Path, dst: Path, dtype: torch.dtype = torch.float32,
+                   info: dict[str, Any] | None = None) -> Path:
+    """Copy a weights directory (card + both models) to ``dst``, stored as ``dtype``; ``info`` is merged
+    into the card's ``info``. Shards stay below the size limit of :mod:`mood.weights`."""
+    card = read_card(src)
+    vq, prior = load_vqvae(src, card), load_prior(src, card)
+    card.info = {**card.info, **(info or {}), "storage_dtype": str(dtype).replace("torch.", "")}
+    save_models(dst, card, vq, prior, dtype=dtype)
+    return Path(dst)
+
+
+__all__ = ["checked_card", "export_weights", "init_note", "init_weights", "save_trained_prior",
+           "save_trained_vqvae", "weights_note"]

@@ -1,0 +1,111 @@
+"""The two trainings: a region's data -> VQ-VAE weights, then frozen VQ-VAE codes -> prior weights.
+
+In: a folder of volumes (any grid; converted to challenge form once and cached), a region, and
+:class:`TrainSettings` (given whole, or field by field as keyword overrides of its defaults).
+Out: a weights directory (``card.json`` + safetensors shards, loadable with
+:func:`mood.weights.load_vqvae` / :func:`mood.weights.load_prior`) and, beside the weights,
+``train/<model>/`` with the resumable checkpoint and the JSON-lines loss log.
+
+Each function builds its model and a :class:`Recipe` (start, step, evaluation, export as plain
+functions with their arguments bound) and hands it to :func:`mood.training.loop.run_loop`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import RegionConfig, tiny_preset
+from ..networks import VQVAE, PixelSNAIL
+from ..weights import Card, load_prior, load_vqvae, read_card
+from .codebook import CodeUsage, init_codebook
+from .data import SliceBank, default_cache
+from .distributed import Dist
+from .export import checked_card, save_trained_prior, save_trained_vqvae
+from .loop import Recipe, run_loop
+from .settings import TrainSettings, model_config, with_overrides
+from .steps import evaluate_prior, evaluate_vqvae, prior_step, vqvae_step
+
+
+def _start(banks: list[SliceBank], d: Dist, *, model: VQVAE | PixelSNAIL, settings: TrainSettings,
+           config: RegionConfig, init_from: Path | None, load: Callable[[Path, Card], torch.nn.Module]) -> None:
+    """A fresh start: ``init_from``'s model if given, else the VQ-VAE's k-means codebook (a prior
+    starts from its random initialisation)."""
+    if init_from is not None:
+        model.load_state_dict(load(init_from, checked_card(init_from, config)).state_dict())
+    elif isinstance(model, VQVAE):
+        init_codebook(model, banks, d, settings)
+
+
+def train_vqvae(region: str, data: Path, out: Path, *, settings: TrainSettings | None = None,
+                holdout: list[str] | None = None, resume: bool = False, tiny: bool = False,
+                device: str = "auto", threads: int | None = None, cache_dir: Path | None = None,
+                volume_shape: tuple[int, int, int] | None = None, init_from: Path | None = None,
+                width: float = 1.0, **overrides: Any) -> Path:
+    """Train the slice VQ-VAE of ``region`` on the volumes in ``data``; returns the weights dir ``out``.
+
+    ``settings`` (default :class:`TrainSettings`) with ``overrides`` applied (``steps=``, ``lr=``,
+    ... any of its fields). ``out`` receives ``card.json`` + ``vqvae-*.safetensors`` whenever the
+    holdout loss improves, and ``train/vqvae/`` with the resumable checkpoint and ``log.jsonl``.
+    ``init_from``: a weights folder to start from (fine-tuning; fresh optimiser) instead of a
+    k-means-initialised codebook. ``width`` scales the VQ-VAE's channels (:func:`mood.config.narrow`).
+    ``volume_shape`` overrides the region's challenge shape (tests and quick runs only).
+    """
+    config = model_config(region, tiny, width)
+    settings = with_overrides(settings, overrides)
+    torch.manual_seed(settings.seed)  # identical initial weights on every process
+    model = VQVAE(config.vqvae)
+    out = Path(out)
+    recipe = Recipe(
+        kind="vqvae", config=config, model=model, select="recon",
+        init=partial(_start, model=model, settings=settings, init_from=init_from, config=config, load=load_vqvae),
+        step=partial(vqvae_step, settings=settings, usage=CodeUsage.empty(config.vqvae.n_codes)),
+        evaluate=partial(evaluate_vqvae, settings=settings),
+        export=partial(save_trained_vqvae, out=out, config=config, model=model, init_from=init_from))
+    return run_loop(recipe, region=region, data=data, out=out, settings=settings, holdout=holdout, resume=resume,
+                    threads=threads, device=device, cache_dir=cache_dir or default_cache(out),
+                    volume_shape=volume_shape)
+
+
+def train_prior(region: str, data: Path, out: Path, *, vqvae: Path, settings: TrainSettings | None = None,
+                holdout: list[str] | None = None, resume: bool = False, tiny: bool = False,
+                device: str = "auto", threads: int | None = None, cache_dir: Path | None = None,
+                volume_shape: tuple[int, int, int] | None = None, init_from: Path | None = None,
+                **overrides: Any) -> Path:
+    """Train the PixelSNAIL prior on the codes of the frozen VQ-VAE in weights dir ``vqvae``.
+
+    Settings as for :func:`train_vqvae`. The architecture comes from ``vqvae``'s card (``tiny``
+    must agree with it). ``out`` becomes a complete weights directory (both models; calibration
+    reset) plus ``train/prior/``, exported whenever the holdout NLL improves. ``init_from``: a
+    weights folder whose prior to start from (it must have been trained on this VQ-VAE's codes to
+    be of use).
+    """
+    vq_card = read_card(vqvae)
+    config = vq_card.config
+    if config.region != region:
+        raise ValueError(f"{vqvae} holds a {config.region} VQ-VAE, not {region}")
+    if tiny != (config.prior == tiny_preset(region, config.vqvae.image_size).prior):
+        raise ValueError(f"tiny={tiny} disagrees with the VQ-VAE in {vqvae}")
+    settings = with_overrides(settings, overrides)
+    torch.manual_seed(settings.seed)
+    vq = load_vqvae(vqvae, vq_card)
+    for p in vq.parameters():
+        p.requires_grad_(False)
+    model = PixelSNAIL(config.prior)
+    out = Path(out)
+    recipe = Recipe(
+        kind="prior", config=config, model=model, select="nll",
+        init=partial(_start, model=model, settings=settings, init_from=init_from, config=config, load=load_prior),
+        step=partial(prior_step, settings=settings, vq=vq),
+        evaluate=partial(evaluate_prior, settings=settings, vq=vq),
+        export=partial(save_trained_prior, out=out, vq_card=vq_card, vq=vq, vqvae=vqvae, model=model,
+                       init_from=init_from))
+    return run_loop(recipe, region=region, data=data, out=out, settings=settings, holdout=holdout, resume=resume,
+                    threads=threads, device=device, cache_dir=cache_dir or default_cache(out),
+                    volume_shape=volume_shape)
+
+
+__all__ = ["train_prior", "train_vqvae"]

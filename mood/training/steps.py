@@ -1,0 +1,126 @@
+"""The two models' training steps and holdout evaluations, as plain functions.
+
+In: a :class:`Batch` (slices ``x`` (B, S, S), positions ``coord`` (B, 1), the step index and its
+generator), the model, its DDP wrapper and optimiser, and the :class:`TrainSettings`. Out: the
+step's metrics (a dict of floats that the loop logs). Whatever a step carries over to the next is
+passed in explicitly (the VQ-VAE's :class:`CodeUsage`; the prior's frozen VQ-VAE).
+
+- :func:`vqvae_step`: L1 reconstruction + codebook + commitment loss, then codebook health;
+- :func:`prior_step`: cross-entropy of the prior on the frozen VQ-VAE's codes;
+- :func:`evaluate_vqvae`, :func:`evaluate_prior`: the holdout metrics (eval mode, no gradients).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..networks import VQVAE, PixelSNAIL, vq_losses
+from .codebook import CodeUsage, code_stats, reseed_dead_codes
+from .data import chunks
+from .distributed import Dist, all_reduce
+from .settings import TrainSettings
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training step's input."""
+
+    x: torch.Tensor  # (B, S, S) normalised slices
+    coord: torch.Tensor  # (B, 1) relative slice positions
+    step: int  # 0-based index of this step
+    gen: torch.Generator  # this step's randomness (drawn data, augmentation, re-seeding)
+
+
+def _optimise(loss: torch.Tensor, model: nn.Module, opt: torch.optim.Optimizer, settings: TrainSettings) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if settings.grad_clip:
+        nn.utils.clip_grad_value_(model.parameters(), settings.grad_clip)
+    opt.step()
+
+
+def vqvae_step(batch: Batch, *, ddp: nn.Module, model: VQVAE, opt: torch.optim.Optimizer, d: Dist,
+               settings: TrainSettings, usage: CodeUsage) -> dict[str, float]:
+    """One VQ-VAE step; every ``reseed_every`` steps, codes unused since the last re-seeding
+    (``usage``, updated in place) are re-seeded."""
+    recon, q = ddp(batch.x, batch.coord)
+    losses = vq_losses(batch.x, recon.contiguous(), q, model.codebook.weight, settings.commitment)
+    loss = sum(losses.values())
+    _optimise(loss, model, opt, settings)
+    counts = torch.bincount(q.codes.flatten(), minlength=model.config.n_codes).double()
+    counts = all_reduce(counts, d).cpu()  # (K,) over all processes
+    usage.window = usage.window.to(counts) + counts
+    used, ppl = code_stats(counts)
+    reseeded = 0
+    if settings.reseed_every and (batch.step + 1) % settings.reseed_every == 0:
+        reseeded = reseed_dead_codes(model, opt, (usage.window == 0).to(d.device), q.encodings, batch.gen, d)
+        usage.reseeded += reseeded
+        usage.window = torch.zeros_like(usage.window)
+    terms = {k: float(v.detach()) for k, v in losses.items()}
+    return {"loss": float(loss.detach()), **terms, "codes_used": used, "perplexity": ppl,
+            "reseeded": reseeded, "reseeded_total": usage.reseeded}
+
+
+def codes_of(vq: VQVAE, x: torch.Tensor, coord: torch.Tensor) -> torch.Tensor:
+    """The frozen VQ-VAE's codes (B, L, L) of slices ``x`` (B, S, S) (eval mode, no gradients)."""
+    vq.eval()
+    with torch.no_grad():
+        return vq.encode(x, coord).codes
+
+
+def prior_step(batch: Batch, *, ddp: nn.Module, model: PixelSNAIL, opt: torch.optim.Optimizer, d: Dist,
+               settings: TrainSettings, vq: VQVAE) -> dict[str, float]:
+    """One prior step: cross-entropy of the prior's logits on the codes of ``vq``."""
+    vq.to(d.device)
+    codes = codes_of(vq, batch.x, batch.coord)  # (B, L, L)
+    logits = ddp(codes, batch.coord)  # (B, K, L, L)
+    loss = F.cross_entropy(logits, codes)
+    _optimise(loss, model, opt, settings)
+    counts = all_reduce(torch.bincount(codes.flatten(), minlength=model.config.n_codes).double(), d)
+    used, ppl = code_stats(counts.cpu())
+    return {"loss": float(loss.detach()), "codes_used": used, "perplexity": ppl}
+
+
+@torch.no_grad()
+def evaluate_vqvae(model: VQVAE, ev: tuple[torch.Tensor, torch.Tensor], d: Dist,
+                   settings: TrainSettings) -> dict[str, float]:
+    """Holdout L1 reconstruction, VQ terms, codes in use and perplexity on fixed slices (eval mode)."""
+    was = model.training
+    model.eval()
+    total: dict[str, float] = {}
+    counts = torch.zeros(model.config.n_codes, dtype=torch.float64)
+    n = 0
+    for x, coord in chunks(*ev, settings.batch_size):
+        x, coord = x.to(d.device), coord.to(d.device)
+        recon, q = model(x, coord)
+        losses = vq_losses(x, recon, q, model.codebook.weight, settings.commitment)
+        for k, v in losses.items():
+            total[k] = total.get(k, 0.0) + float(v) * x.shape[0]
+        counts += torch.bincount(q.codes.flatten().cpu(), minlength=model.config.n_codes).double()
+        n += x.shape[0]
+    model.train(was)
+    used, ppl = code_stats(counts)
+    return {**{k: v / n for k, v in total.items()}, "codes_used": used, "perplexity": ppl}
+
+
+@torch.no_grad()
+def evaluate_prior(model: PixelSNAIL, ev: tuple[torch.Tensor, torch.Tensor], d: Dist,
+                   settings: TrainSettings, vq: VQVAE) -> dict[str, float]:
+    """Holdout NLL per code (nats) of the prior on ``vq``'s codes of fixed slices (eval mode)."""
+    was = model.training
+    model.eval()
+    vq.to(d.device)
+    nll, n = 0.0, 0
+    for x, coord in chunks(*ev, settings.batch_size):
+        x, coord = x.to(d.device), coord.to(d.device)
+        codes = codes_of(vq, x, coord)
+        nll += float(F.cross_entropy(model(codes, coord), codes, reduction="sum"))
+        n += codes.numel()
+    model.train(was)
+    return {"nll": nll / max(n, 1)}
+
+
+__all__ = ["Batch", "codes_of", "evaluate_prior", "evaluate_vqvae", "prior_step", "vqvae_step"]
