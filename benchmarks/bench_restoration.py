@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from mood.config import region_preset
-from mood.networks import PixelSNAIL, code_nll
-from mood.restoration import draw_uniforms, restore, restore_reference
-from mood.volume_io import write_json
+from mood.method.networks import PixelSNAIL, code_nll
+from mood.method.restoration import draw_uniforms, restore, restore_reference
+from mood.volumes.volume_io import write_json
 
 
 def main() -> int:

@@ -40,7 +40,7 @@ def _positive_int(text: str) -> int:
 
 
 def _shard(text: str):
-    from .shard import Shard
+    from .running.shard import Shard
 
     try:
         return Shard.parse(text)
@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _validate_arguments(p: argparse.ArgumentParser) -> None:
-    from .validate import TASKS
+    from .validation.validate import TASKS
 
     p.add_argument("data", type=Path, help="folder with <region>/toy and <region>/toy_label/{sample,pixel}")
     p.add_argument("--json", dest="output_json", type=Path, default=None, help="write the results here")
@@ -257,17 +257,17 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from .predict import predict
-    from .report import report_path, write_report
-    from .shard import placement, under_torchrun
-    from .volume_io import max_voxels_from_environment
-    from .workers import run_workers, worker_count
+    from .running.predict import predict
+    from .running.report import report_path, write_report
+    from .running.shard import placement, under_torchrun
+    from .volumes.volume_io import max_voxels_from_environment
+    from .running.workers import run_workers, worker_count
 
     max_voxels = args.max_voxels or max_voxels_from_environment()
     place = placement(args.shard, args.device)
     workers = worker_count(args.workers, place, args.device)
     if workers > 1:
-        from .report import merge, read_reports, table
+        from .running.report import merge, read_reports, table
 
         reports = [report_path(args.report, place.shard.split(w, workers), args.output)
                    for w in range(workers)] if args.report else []
@@ -304,8 +304,8 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from .report import merge, read_reports, table
-    from .volume_io import write_json
+    from .running.report import merge, read_reports, table
+    from .volumes.volume_io import write_json
 
     merged = merge(read_reports(args.reports))
     print(table(merged))
@@ -337,7 +337,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
-    from .calibrate import calibrate
+    from .training.calibrate import calibrate
 
     card = calibrate(args.region, args.data, args.weights, device=args.device, n_slices=args.slices,
                      restorations=args.restorations, seed=args.seed)
@@ -354,7 +354,7 @@ def _run_init_weights(args: argparse.Namespace) -> int:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from .convert import convert_folder
+    from .volumes.convert import convert_folder
 
     written = convert_folder(args.input, args.output, args.region)
     print(f"converted {len(written)} volume(s) into {args.output}", file=sys.stderr)
@@ -364,7 +364,7 @@ def _run_convert(args: argparse.Namespace) -> int:
 def _run_make_toy(args: argparse.Namespace) -> int:
     import json
 
-    from .toy import make_toy, summary_dict
+    from .validation.toy import make_toy, summary_dict
 
     summary = make_toy(args.input, args.output, args.count, args.seed, region=args.region,
                        normal_fraction=args.normal_fraction,
@@ -376,7 +376,7 @@ def _run_make_toy(args: argparse.Namespace) -> int:
 def _run_validate(args: argparse.Namespace) -> int:
     import shlex
 
-    from .validate import format_table, succeeded, validate
+    from .validation.validate import format_table, succeeded, validate
 
     report = validate(args.data, output_json=args.output_json, docker=args.docker, tasks=tuple(args.tasks),
                       regions=tuple(args.regions), pictures=args.pictures,
@@ -388,15 +388,15 @@ def _run_validate(args: argparse.Namespace) -> int:
 
 
 def _run_show(args: argparse.Namespace) -> int:
-    from .show import show
+    from .validation.show import show
 
     print(show(args.volume, args.png, scores=args.scores, label=args.label, n_slices=args.slices))
     return 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .demo import demo
-    from .validate import succeeded
+    from .validation.demo import demo
+    from .validation.validate import succeeded
 
     report = demo(args.output, weights=args.weights, device=args.device, say=lambda text: print(text, flush=True))
     return 0 if succeeded(report["results"]) else 1
@@ -410,7 +410,7 @@ HANDLERS = {"sample": _run_predict, "pixel": _run_predict, "report": _run_report
 def expected_failure(exc: BaseException) -> bool:
     """Whether ``exc`` is a failure the user can act on (bad input, missing weights, file system),
     as opposed to a bug: the former end in one line and exit 1, the latter keep their traceback."""
-    weights = sys.modules.get(f"{__package__}.weights")  # loaded whenever a WeightsError was raised
+    weights = sys.modules.get(f"{__package__}.method.weights")  # loaded whenever a WeightsError was raised
     return isinstance(exc, (ValueError, OSError)) or (weights is not None and isinstance(exc, weights.WeightsError))
 
 

@@ -60,7 +60,7 @@ class PriorConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training augmentation of normalised slices (:func:`mood.augment.augment`).
+    """Training augmentation of normalised slices (:func:`mood.training.augment.augment`).
 
     Built by :attr:`RegionConfig.augmentation`; the shared ranges are defaults here, the regional
     ones (intensity range, background) come from the region's config.
@@ -106,7 +106,7 @@ class RegionConfig:
     challenge_shape: tuple[int, int, int]
     #: "mri" (percentile scaling) or "ct" (Hounsfield window) when converting other volumes.
     modality: str
-    #: The value :func:`mood.slicing.normalise` gives the background (air, outside the body).
+    #: The value :func:`mood.method.slicing.normalise` gives the background (air, outside the body).
     background: float
     #: Normalised intensities mapped to [0, 1] by augmentation's colour transforms.
     augment_range: tuple[float, float]

@@ -17,7 +17,7 @@
 #             uid; a read-only mount): one line, exit 1, nothing loaded, nothing written;
 # and checks every output: the exact set of names, values in [0,1], NIfTI shape and affine equal to
 # the input's, every file owned by the output folder's owner, every prediction read back by
-# mood.metrics exactly as the challenge's evaluation reads it (none missing, unreadable or of the
+# mood.validation.metrics exactly as the challenge's evaluation reads it (none missing, unreadable or of the
 # wrong shape), inputs untouched, nothing written to the container's own filesystem (`docker diff`),
 # and the same scores from every call form (same seed).  Nothing here makes a folder
 # world-writable: the image must cope with folders as the harness makes them.
@@ -99,7 +99,7 @@ fi
 # --- host python for making and checking volumes ---------------------------------------------
 PY=()
 for cand in "${SMOKE_PYTHON:-}" "$ROOT/.venv/bin/python" python3; do
-    if [[ -n $cand ]] && PYTHONPATH=$ROOT "$cand" -c 'import mood.metrics' >/dev/null 2>&1; then
+    if [[ -n $cand ]] && PYTHONPATH=$ROOT "$cand" -c 'import mood.validation.metrics' >/dev/null 2>&1; then
         PY=(env "PYTHONPATH=$ROOT" "$cand")
         break
     fi
@@ -190,7 +190,7 @@ fi
 # check_outputs.py INPUT_DIR OUTPUT_DIR TASK OWNER LABEL_DIR GOOD_NAME...: exactly one output per
 # good input and nothing else, each owned by OWNER (uid:gid); sample: a number in [0,1]; pixel:
 # finite values in [0,1], the input's shape and affine; with LABEL_DIR (not "-"): read back by
-# mood.metrics as the challenge's evaluation reads it, with no case missing, unreadable or misshapen.
+# mood.validation.metrics as the challenge's evaluation reads it, with no case missing, unreadable or misshapen.
 cat > "$WORK/check_outputs.py" <<'EOF'
 import math, os, sys
 import numpy as np, nibabel as nib
@@ -231,7 +231,7 @@ for g in good:
             problems.append(f"{g}: values {np.nanmin(data)}..{np.nanmax(data)} not finite in [0, 1]")
         summary.append(f"{g} {img.shape} [{data.min():.3g}, {data.max():.3g}]")
 if labels != "-":
-    from mood.metrics import pixel_metrics, sample_metrics
+    from mood.validation.metrics import pixel_metrics, sample_metrics
     scored = (sample_metrics if task == "sample" else pixel_metrics)(out, labels)
     for key in ("n_missing", "n_unreadable", "n_bad_shape"):
         if scored[key]:

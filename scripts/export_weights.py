@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from mood.training import export_weights  # noqa: E402
 from mood.training.data import provenance  # noqa: E402
-from mood.weights import read_card  # noqa: E402
+from mood.method.weights import read_card  # noqa: E402
 
 
 def licences(data: Path) -> dict[str, str]:

@@ -69,7 +69,7 @@ PYEOF
 import json, sys
 from pathlib import Path
 import torch
-from mood.calibrate import calibrate
+from mood.training.calibrate import calibrate
 from mood.training import export_weights
 region, work, out, device, tiny = sys.argv[1:]
 card = calibrate(region, Path(work) / "holdout", Path(work) / "w", device=device,

@@ -29,11 +29,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from mood.config import METHODS, region_preset  # noqa: E402
-from mood.show import show  # noqa: E402
-from mood.toy import MANIFEST, make_toy  # noqa: E402
-from mood.validate import validate  # noqa: E402
-from mood.volume_io import write_json  # noqa: E402
-from mood.weights import read_card, write_card  # noqa: E402
+from mood.validation.show import show  # noqa: E402
+from mood.validation.toy import MANIFEST, make_toy  # noqa: E402
+from mood.validation.validate import validate  # noqa: E402
+from mood.volumes.volume_io import write_json  # noqa: E402
+from mood.method.weights import read_card, write_card  # noqa: E402
 
 METRICS = ("ap", "auroc", "best_dice")
 

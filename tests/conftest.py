@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mood.config import tiny_preset
-from mood.networks import VQVAE, PixelSNAIL
-from mood.weights import Card, save_models
+from mood.method.networks import VQVAE, PixelSNAIL
+from mood.method.weights import Card, save_models
 
 
 def make_weights(directory: Path, region: str, seed: int = 0, **card_kwargs) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mood.anomalies import (KINDS, MIN_CHANGE, AnomalySpec, apply_anomaly, body_mask, insert_anomaly,
+from mood.validation.anomalies import (KINDS, MIN_CHANGE, AnomalySpec, apply_anomaly, body_mask, insert_anomaly,
                             insert_anomaly_spec, sample_anomaly)
 
 SHAPE = (48, 40, 32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mood.augment import AugmentConfig, augment
+from mood.training.augment import AugmentConfig, augment
 from mood.config import region_preset
 
 

@@ -5,9 +5,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mood.calibrate import calibrate
+from mood.training.calibrate import calibrate
 from mood.training import init_weights
-from mood.weights import read_card
+from mood.method.weights import read_card
 
 
 def _head(seed: int, shape=(40, 40, 24)) -> np.ndarray:
@@ -19,7 +19,7 @@ def _head(seed: int, shape=(40, 40, 24)) -> np.ndarray:
 
 def _holdout_and_weights(tmp_path, monkeypatch):
     """Two holdout volumes (used as they are: conversion is tested elsewhere) and tiny weights."""
-    import mood.calibrate as cal
+    import mood.training.calibrate as cal
 
     monkeypatch.setattr(cal, "ensure_challenge_form",
                         lambda path, region: (np.asarray(nib.load(str(path)).dataobj, dtype=np.float32), None))
@@ -49,7 +49,7 @@ def test_calibrate_writes_card(tmp_path, monkeypatch):
 def test_calibration_uses_the_detectors_public_stages_once_per_volume(tmp_path, monkeypatch):
     """Thresholds and the sample map share one pass over each volume's scored slices; the pixel
     map a second one at ``n_slices``; the loaded detector's card is never changed in place."""
-    from mood.detector import Detector
+    from mood.method.detector import Detector
 
     data, weights = _holdout_and_weights(tmp_path, monkeypatch)
     calls, cards = [], []
@@ -73,7 +73,7 @@ def test_calibration_uses_the_detectors_public_stages_once_per_volume(tmp_path, 
 
 
 def test_score_maps_are_fitted_in_scoring():
-    from mood.scoring import ScoreMap, fit_pixel_map, fit_sample_map
+    from mood.method.scoring import ScoreMap, fit_pixel_map, fit_sample_map
 
     assert fit_sample_map([1.0, 2.5], margin=2.0) == ScoreMap(5.0)
     assert fit_sample_map([0.0, 0.0], margin=2.0) == ScoreMap(1.0)  # all normal scores 0: identity scale

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from mood.config import region_preset
-from mood.convert import ensure_challenge_form, to_challenge_form
-from mood.detector import Detector
+from mood.volumes.convert import ensure_challenge_form, to_challenge_form
+from mood.method.detector import Detector
 from mood.training.data import load_bank
-from mood.volume_io import load_volume
+from mood.volumes.volume_io import load_volume
 
 from conftest import head_phantom, write_nifti
 

@@ -144,9 +144,9 @@ def test_nothing_happens_at_import(tmp_path):
     atomic writer still gives outputs the permissions the umask allows."""
     script = (
         "import os; os.umask(0o027)\n"
-        "import sys, mood.cli, mood.volume_io as v, mood.training.settings\n"
+        "import sys, mood.cli, mood.volumes.volume_io as v, mood.training.settings\n"
         "assert 'torch' not in sys.modules  # the command line reads the training defaults without torch\n"
-        "import mood.predict\n"
+        "import mood.running.predict\n"
         "assert os.umask(0o027) == 0o027\n"
         f"v.write_json(__import__('pathlib').Path({str(tmp_path / 'a.json')!r}), {{'x': 1}})\n"
         f"print(oct(os.stat({str(tmp_path / 'a.json')!r}).st_mode & 0o777))\n")

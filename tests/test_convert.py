@@ -7,8 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mood.convert import convert_folder, resample, strip_suffix, to_challenge_form
-from mood.volume_io import read_volume
+from mood.volumes.convert import convert_folder, resample, strip_suffix, to_challenge_form
+from mood.volumes.volume_io import read_volume
 
 SHAPE = (40, 36, 24)
 ZOOMS = (1.5, 1.5, 2.5)

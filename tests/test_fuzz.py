@@ -3,9 +3,9 @@
 ``load_volume`` is fed valid small NIfTI-1/-2 files (.nii and .nii.gz) with random header fields
 and random byte mutations. The contract checked on every example:
 
-* it returns a :class:`~mood.volume_io.Volume` whose data are 3-D, float32, finite, in [0, 1],
+* it returns a :class:`~mood.volumes.volume_io.Volume` whose data are 3-D, float32, finite, in [0, 1],
   within the voxel limit, with a finite (4, 4) affine, or it raises
-  :class:`~mood.volume_io.InputError` with a one-line message; any other exception fails;
+  :class:`~mood.volumes.volume_io.InputError` with a one-line message; any other exception fails;
 * it never hangs (each call runs under a 20 s alarm);
 * it never takes much memory: the voxel limit is checked from the header before data are read,
   and the process's peak resident memory may grow by at most 256 MiB over the whole test.
@@ -35,7 +35,7 @@ import pytest
 from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 
-from mood.volume_io import InputError, Volume, load_volume
+from mood.volumes.volume_io import InputError, Volume, load_volume
 
 EXAMPLES = int(os.environ.get("MOOD_FUZZ_EXAMPLES", "0")) or None
 FUZZ = settings(max_examples=EXAMPLES or 250, deadline=None, derandomize=EXAMPLES is None,
@@ -228,7 +228,7 @@ def test_harness_catches_a_hang(fuzz_dir, monkeypatch):
     """The alarm really ends a stuck call (the fuzz tests rely on it)."""
     import time
 
-    import mood.volume_io as vio
+    import mood.volumes.volume_io as vio
 
     monkeypatch.setattr(vio.nib, "load", lambda *a, **k: time.sleep(30))
     path = _write(fuzz_dir, BASES["nifti1-float32"], compressed=False, name="hang")
@@ -261,7 +261,7 @@ def test_huge_dims_refused_before_reading(fuzz_dir, monkeypatch):
 def test_header_bomb_refused_before_nibabel_reads_it(fuzz_dir, monkeypatch):
     """vox_offset says 1 GiB of extensions follow (a few kB of .nii.gz could expand to that):
     refused from the first bytes, before nibabel would read the extensions into memory."""
-    import mood.volume_io as vio
+    import mood.volumes.volume_io as vio
 
     def no_load(*args, **kwargs):
         raise AssertionError("nibabel was asked to read a header bomb")

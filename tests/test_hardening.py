@@ -33,9 +33,9 @@ import pytest
 from nibabel.openers import ImageOpener
 
 from mood.cli import main
-from mood.detector import Detector
-from mood.predict import printable
-from mood.volume_io import remove_stale_temporaries
+from mood.method.detector import Detector
+from mood.running.predict import printable
+from mood.volumes.volume_io import remove_stale_temporaries
 
 from conftest import head_phantom, make_weights
 
@@ -409,7 +409,7 @@ def test_max_voxels_default_comes_from_the_environment(tmp_path, tiny_weights, r
                                                         capsys):
     """MOOD_MAX_VOXELS is read when the command runs (nothing is read at import); a bad value is
     one line and exit 1."""
-    import mood.volume_io
+    import mood.volumes.volume_io
 
     monkeypatch.setenv("MOOD_MAX_VOXELS", "6000")
     code = main(["sample", "-i", str(_two_cases(tmp_path / "in")), "-o", str(tmp_path / "out"),
@@ -421,7 +421,7 @@ def test_max_voxels_default_comes_from_the_environment(tmp_path, tiny_weights, r
                  "--weights", str(tiny_weights), "-q"]) == 1
     assert capsys.readouterr().err == "mood sample: error: MOOD_MAX_VOXELS must be a positive integer, got 'lots'\n"
     assert not (tmp_path / "out2").exists()
-    assert mood.volume_io.DEFAULT_MAX_VOXELS == 2 * 512**3  # the environment does not change the library
+    assert mood.volumes.volume_io.DEFAULT_MAX_VOXELS == 2 * 512**3  # the environment does not change the library
 
 
 # -- determinism --------------------------------------------------------------------------------
@@ -548,7 +548,7 @@ def test_atomic_write_survives_a_concurrent_cleaner(tmp_path, monkeypatch):
     while it writes: the write must still land, complete, under its final name."""
     import tempfile
 
-    from mood import volume_io
+    from mood.volumes import volume_io
 
     made = []
     real_mkstemp = tempfile.mkstemp

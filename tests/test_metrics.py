@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from mood.metrics import (Float16Histogram, ScoreCounts, average_precision, auroc, best_dice,
+from mood.validation.metrics import (Float16Histogram, ScoreCounts, average_precision, auroc, best_dice,
                           pixel_metrics, read_pixel_label, read_pixel_prediction,
                           read_sample_prediction, sample_metrics)
 

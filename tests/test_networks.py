@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from mood.config import PriorConfig, region_preset, tiny_preset
-from mood.networks import VQVAE, PixelSNAIL
-from mood.networks.pixelsnail import CausalAttention, GatedResBlock, MaskedConv2d, PixelBlock, down_shift
+from mood.method.networks import VQVAE, PixelSNAIL
+from mood.method.networks.pixelsnail import CausalAttention, GatedResBlock, MaskedConv2d, PixelBlock, down_shift
 
 
 def n_params(m: torch.nn.Module) -> int:

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from mood.cli import main
-from mood.detector import Detector
-from mood.predict import infer_region, predict
-from mood.slicing import slices_to_volume
-from mood.volume_io import InputError
+from mood.method.detector import Detector
+from mood.running.predict import infer_region, predict
+from mood.method.slicing import slices_to_volume
+from mood.volumes.volume_io import InputError
 
 from conftest import head_phantom, write_nifti
 
@@ -165,7 +165,7 @@ def test_reconstruction_baseline(case_dir, tmp_path, tiny_weights):
 
 def test_channels_last_inference_keeps_codes(tiny_weights):
     """The detector's channels-last VQ-VAE gives the codes of the model in its stored layout."""
-    from mood.weights import load_vqvae
+    from mood.method.weights import load_vqvae
 
     det = Detector.load("brain", tiny_weights, device="cpu")
     plain = load_vqvae(tiny_weights / "brain").eval()

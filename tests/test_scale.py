@@ -20,11 +20,11 @@ import pytest
 import torch
 
 from mood.cli import main
-from mood.overlap import Overlap
-from mood.predict import predict
-from mood.report import merge, read_reports, report_path, table
-from mood.shard import Placement, Shard, bucket, placement, under_torchrun
-from mood.workers import worker_count, worker_environment
+from mood.running.overlap import Overlap
+from mood.running.predict import predict
+from mood.running.report import merge, read_reports, report_path, table
+from mood.running.shard import Placement, Shard, bucket, placement, under_torchrun
+from mood.running.workers import worker_count, worker_environment
 
 from conftest import head_phantom, write_nifti
 
@@ -87,7 +87,7 @@ def test_shards_partition_names_and_stay_put_when_files_are_added():
 
 
 def test_bucket_is_not_pythons_salted_hash():
-    code = "from mood.shard import bucket; print(bucket('x.nii.gz'))"
+    code = "from mood.running.shard import bucket; print(bucket('x.nii.gz'))"
     runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env=_clean_env(PYTHONHASHSEED=str(seed))).stdout for seed in (1, 2)}
     assert len(runs) == 1
@@ -318,15 +318,15 @@ def test_in_flight_does_not_change_bytes_and_write_failures_are_counted(cohort, 
                       slices=4, seed=7, progress=False, in_flight=4)
     assert _outputs(out) == single and summary.total == len(NAMES) + 1
 
-    import mood.predict
+    import mood.running.predict
 
-    real = mood.predict.write_text
+    real = mood.running.predict.write_text
 
     def full_disk(path, text):
         if path.name.startswith("case_03"):
             raise OSError(28, "No space left on device")
         real(path, text)
-    monkeypatch.setattr(mood.predict, "write_text", full_disk)
+    monkeypatch.setattr(mood.running.predict, "write_text", full_disk)
     summary = predict("sample", cohort, tmp_path / "s", region="brain", weights=tiny_weights, progress=False)
     assert sorted(f for f, _ in summary.failed) == ["broken.nii.gz", "case_03.nii.gz"]
     assert len(summary.scored) == len(NAMES) - 1

@@ -7,8 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mood import show as show_module
-from mood.show import choose_slices, radiological, ras_zooms, show, to_ras
+from mood.validation import show as show_module
+from mood.validation.show import choose_slices, radiological, ras_zooms, show, to_ras
 
 SHAPE = (24, 20, 16)
 

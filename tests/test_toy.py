@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mood.anomalies import KINDS
-from mood.toy import MANIFEST, _normal_cases, make_toy
+from mood.validation.anomalies import KINDS
+from mood.validation.toy import MANIFEST, _normal_cases, make_toy
 
 SIZE = (24, 24, 24)
 
@@ -138,7 +138,7 @@ def test_files_are_readable_by_others(tmp_path):
 def test_challenge_form_input_is_used_as_inference_reads_it(tmp_path):
     """Make-toy, training and calibration share one rule: values inference would only clip
     (here 1.004) keep the volume as it is, clipped exactly as inference clips it."""
-    from mood.volume_io import load_volume
+    from mood.volumes.volume_io import load_volume
 
     src = tmp_path / "in"
     src.mkdir()

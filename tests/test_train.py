@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from mood.config import tiny_preset
-from mood.networks import VQVAE
+from mood.method.networks import VQVAE
 from mood.training import (
     Dist,
     code_stats,
@@ -36,7 +36,7 @@ from mood.training.data import (
     split_files,
     volume_to_bank,
 )
-from mood.weights import load_prior, load_vqvae, read_card
+from mood.method.weights import load_prior, load_vqvae, read_card
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPE = (48, 48, 32)
@@ -103,7 +103,7 @@ def test_split_and_banks(heads, tmp_path):
 
 def test_bank_matches_inference_pipeline():
     """Every plane of the bank is what extract_slices + normalise give at inference."""
-    from mood.slicing import extract_slices, normalise, slice_grid
+    from mood.method.slicing import extract_slices, normalise, slice_grid
 
     cfg = tiny_preset("brain")
     vol = make_head(0)

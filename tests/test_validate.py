@@ -10,10 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mood import validate as validate_module
-from mood.toy import make_toy
+from mood.validation import validate as validate_module
+from mood.validation.toy import make_toy
 from mood.cli import main
-from mood.validate import format_table, predictor_command, succeeded, validate
+from mood.validation.validate import format_table, predictor_command, succeeded, validate
 
 SIZE = (20, 20, 16)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mood.weights import read_card, write_card
+from mood.method.weights import read_card, write_card
 
 from conftest import head_phantom, make_weights, write_nifti
 

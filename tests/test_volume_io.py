@@ -6,7 +6,7 @@ import pytest
 
 from mood.config import region_of_shape
 from mood.training.data import split_files
-from mood.volume_io import (NIFTI_SUFFIXES, READABLE_SUFFIXES, InputError, list_inputs, load_volume,
+from mood.volumes.volume_io import (NIFTI_SUFFIXES, READABLE_SUFFIXES, InputError, list_inputs, load_volume,
                             read_volume)
 
 from conftest import head_phantom, write_nifti

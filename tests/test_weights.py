@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from mood.config import tiny_preset
-from mood.detector import Detector, resolve_weights
-from mood.networks import VQVAE, PixelSNAIL
-from mood.scoring import ScoreMap
-from mood.weights import MAX_SHARD_BYTES, Card, WeightsError, load_prior, load_vqvae, read_card, save_models
+from mood.method.detector import Detector, resolve_weights
+from mood.method.networks import VQVAE, PixelSNAIL
+from mood.method.scoring import ScoreMap
+from mood.method.weights import MAX_SHARD_BYTES, Card, WeightsError, load_prior, load_vqvae, read_card, save_models
 
 from conftest import make_weights
 
@@ -38,7 +38,7 @@ def test_defaults_when_card_has_no_thresholds(tmp_path):
 
 
 def test_fp16_storage_and_shards(tmp_path, monkeypatch):
-    monkeypatch.setattr("mood.weights.MAX_SHARD_BYTES", 20_000)
+    monkeypatch.setattr("mood.method.weights.MAX_SHARD_BYTES", 20_000)
     cfg = tiny_preset("brain")
     vq, prior = VQVAE(cfg.vqvae), PixelSNAIL(cfg.prior)
     save_models(tmp_path, Card(cfg), vq, prior, dtype=torch.float16)

@@ -1,4 +1,5 @@
-"""Training: normal volumes -> VQ-VAE weights, then frozen VQ-VAE codes -> PixelSNAIL prior weights.
+"""Training: normal volumes -> VQ-VAE weights, then frozen VQ-VAE codes -> PixelSNAIL prior weights;
+then calibration of their scores.
 
 One job per module, in the order a run uses them:
 
@@ -12,6 +13,8 @@ One job per module, in the order a run uses them:
 ``loop``            the loop both models share
 ``runs``            :func:`train_vqvae`, :func:`train_prior`: a model and its recipe into the loop
 ``export``          trained models -> weights folders; :func:`init_weights`, :func:`export_weights`
+``augment``         training augmentation of normalised slices (used by ``data``)
+``calibrate``       normal holdout volumes -> thresholds and score maps in the weights card
 ==================  ==========================================================================
 
 The public names below are importable from ``mood.training``; they are loaded on first use, so

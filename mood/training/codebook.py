@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..networks import VQVAE
+from ..method.networks import VQVAE
 from .data import SliceBank, draw_batch
 from .distributed import Dist
 from .settings import TrainSettings

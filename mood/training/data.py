@@ -1,7 +1,7 @@
 """Training volumes -> random normalised slices with their relative positions.
 
 In: a folder of volume files (NIfTI, NRRD, MHA) on any grid. Each is brought into challenge form once
-(:func:`mood.convert.ensure_challenge_form`: a volume already in that form is used exactly as
+(:func:`mood.volumes.convert.ensure_challenge_form`: a volume already in that form is used exactly as
 inference reads it, any other is converted to [0, 1], 256^3 brain or 512^3 abdomen), then every plane
 along the slice axis is passed through exactly the inference pipeline -- :class:`SliceGrid`,
 :func:`extract_slices`, :func:`normalise` -- and kept as a :class:`SliceBank` (one normalised
@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..augment import AugmentConfig, augment
+from .augment import AugmentConfig, augment
 from ..config import RegionConfig
-from ..slicing import SliceGrid, extract_slices, normalise, slice_grid
-from ..volume_io import READABLE_SUFFIXES, atomic_write, list_inputs
+from ..method.slicing import SliceGrid, extract_slices, normalise, slice_grid
+from ..volumes.volume_io import READABLE_SUFFIXES, atomic_write, list_inputs
 
 #: Bump when the bank contents change meaning (invalidates caches). 2: volumes already in
 #: challenge form are no longer converted.
@@ -97,7 +97,7 @@ def load_bank(path: Path, config: RegionConfig, cache_dir: Path | None = None,
         if cached.is_file():
             t = load_file(str(cached))
             return SliceBank(name=path.name, slices=t["slices"], positions=t["positions"])
-    from ..convert import ensure_challenge_form  # imported late: conversion pulls in scipy
+    from ..volumes.convert import ensure_challenge_form  # imported late: conversion pulls in scipy
 
     volume, _ = ensure_challenge_form(path, config.region, shape=shape)
     bank = volume_to_bank(volume, config, path.name)

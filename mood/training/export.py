@@ -1,6 +1,6 @@
 """Models -> weights folders: a trained model's card with its provenance, random weights, copies.
 
-Out: weights folders in the format of :mod:`mood.weights` (``card.json`` + safetensors shards).
+Out: weights folders in the format of :mod:`mood.method.weights` (``card.json`` + safetensors shards).
 
 - :func:`save_trained_vqvae`, :func:`save_trained_prior`: what the loop exports when the holdout
   improves (the card records the run: data by folder name and checksums, never a machine path);
@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from ..config import RegionConfig
-from ..networks import VQVAE, PixelSNAIL
-from ..weights import Card, load_prior, load_vqvae, read_card, save_models
+from ..method.networks import VQVAE, PixelSNAIL
+from ..method.weights import Card, load_prior, load_vqvae, read_card, save_models
 from .codebook import CODEBOOK_REMEDY
 from .data import provenance
 from .settings import model_config
@@ -78,7 +78,7 @@ def init_weights(region: str, out: Path, tiny: bool = False, seed: int = 0) -> P
 def export_weights(src: Path, dst: Path, dtype: torch.dtype = torch.float32,
                    info: dict[str, Any] | None = None) -> Path:
     """Copy a weights directory (card + both models) to ``dst``, stored as ``dtype``; ``info`` is merged
-    into the card's ``info``. Shards stay below the size limit of :mod:`mood.weights`."""
+    into the card's ``info``. Shards stay below the size limit of :mod:`mood.method.weights`."""
     card = read_card(src)
     vq, prior = load_vqvae(src, card), load_prior(src, card)
     card.info = {**card.info, **(info or {}), "storage_dtype": str(dtype).replace("torch.", "")}

@@ -3,7 +3,7 @@
 In: a folder of volumes (any grid; converted to challenge form once and cached), a region, and
 :class:`TrainSettings` (given whole, or field by field as keyword overrides of its defaults).
 Out: a weights directory (``card.json`` + safetensors shards, loadable with
-:func:`mood.weights.load_vqvae` / :func:`mood.weights.load_prior`) and, beside the weights,
+:func:`mood.method.weights.load_vqvae` / :func:`mood.method.weights.load_prior`) and, beside the weights,
 ``train/<model>/`` with the resumable checkpoint and the JSON-lines loss log.
 
 Each function builds its model and a :class:`Recipe` (start, step, evaluation, export as plain
@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from ..config import RegionConfig, tiny_preset
-from ..networks import VQVAE, PixelSNAIL
-from ..weights import Card, load_prior, load_vqvae, read_card
+from ..method.networks import VQVAE, PixelSNAIL
+from ..method.weights import Card, load_prior, load_vqvae, read_card
 from .codebook import CodeUsage, init_codebook
 from .data import SliceBank, default_cache
 from .distributed import Dist

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..networks import VQVAE, PixelSNAIL, vq_losses
+from ..method.networks import VQVAE, PixelSNAIL, vq_losses
 from .codebook import CodeUsage, code_stats, reseed_dead_codes
 from .data import chunks
 from .distributed import Dist, all_reduce

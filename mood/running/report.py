@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .predict import RunSummary, printable
 from .shard import Shard
-from .volume_io import write_json
+from ..volumes.volume_io import write_json
 
 VERSION = 1
 

@@ -3,8 +3,8 @@
 Every input gets either its output file or a one-line error; a bad file never stops the run.
 Outputs are written atomically into the output folder and nowhere else; temporary files that a
 killed run left there are removed at the start of the next. A run may score one shard of the
-folder (:mod:`mood.shard`); the next volumes are read, and the previous outputs written, while the
-current one is scored (:mod:`mood.overlap`).
+folder (:mod:`mood.running.shard`); the next volumes are read, and the previous outputs written, while the
+current one is scored (:mod:`mood.running.overlap`).
 """
 from __future__ import annotations
 
@@ -21,14 +21,14 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from .config import DEFAULT_IN_FLIGHT, METHODS, REGIONS, TASKS, region_of_shape
-from .detector import DEFAULT_RESTORATIONS, Detector
+from ..config import DEFAULT_IN_FLIGHT, METHODS, REGIONS, TASKS, region_of_shape
+from ..method.detector import DEFAULT_RESTORATIONS, Detector
 from .overlap import Overlap
 from .shard import Shard
-from .volume_io import (DEFAULT_MAX_VOXELS, InputError, Volume, is_nifti_name, list_inputs,
+from ..volumes.volume_io import (DEFAULT_MAX_VOXELS, InputError, Volume, is_nifti_name, list_inputs,
                         load_volume, output_path, remove_stale_temporaries, round_to_float16_,
                         write_scores_nifti, write_text)
-from .weights import WeightsError
+from ..method.weights import WeightsError
 
 log = logging.getLogger("mood")
 

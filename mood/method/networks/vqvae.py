@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import VQVAEConfig
+from ...config import VQVAEConfig
 
 
 class GatedResBlock(nn.Module):

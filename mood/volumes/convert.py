@@ -7,7 +7,7 @@ voxel-to-world (RAS+, millimetres) matrix that describes the new grid exactly.
 
 The steps, in order:
 
-1. **Read** with :func:`mood.volume_io.read_volume` (nibabel for NIfTI, SimpleITK otherwise; ITK's
+1. **Read** with :func:`mood.volumes.volume_io.read_volume` (nibabel for NIfTI, SimpleITK otherwise; ITK's
    LPS world is turned into RAS): a 4-D file with a single volume is taken as 3-D, non-finite values
    are replaced by the finite minimum/maximum.
 2. **Reorient** to the closest canonical RAS orientation (``nibabel.as_closest_canonical``): array
@@ -40,7 +40,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from .config import REGIONS, region_preset
+from ..config import REGIONS, region_preset
 from .volume_io import (READABLE_SUFFIXES, InputError, Volume, atomic_write, fit_unit_range, list_inputs,
                         needs_rescale, read_volume)
 
@@ -241,7 +241,7 @@ def to_challenge_form(path: str | Path, region: str, *, shape: tuple[int, int, i
 
 
 def _read(path: str | Path) -> Volume:
-    """:func:`mood.volume_io.read_volume` with the file named in its errors and notes."""
+    """:func:`mood.volumes.volume_io.read_volume` with the file named in its errors and notes."""
     try:
         volume = read_volume(Path(path))
     except InputError as exc:
@@ -278,7 +278,7 @@ def ensure_challenge_form(path: str | Path, region: str, *, shape: tuple[int, in
 
     A volume already in challenge form -- the region's challenge shape (or ``shape``) and values
     that inference would at most clip into [0, 1], not rescale -- is returned exactly as
-    inference reads it (:func:`mood.volume_io.load_volume`: the array as stored, no reorientation,
+    inference reads it (:func:`mood.volumes.volume_io.load_volume`: the array as stored, no reorientation,
     crop or intensity mapping), so that its slices are the ones the detector scores. Any other
     volume goes through :func:`to_challenge_form`.
 

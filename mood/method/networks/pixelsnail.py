@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import PriorConfig
+from ...config import PriorConfig
 
 
 class WNConv2d(nn.Module):

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import RegionConfig
+from ..config import RegionConfig
 from .networks import VQVAE, PixelSNAIL
 from .scoring import ScoreMap
-from .volume_io import write_json
+from ..volumes.volume_io import write_json
 
 FORMAT_VERSION = 1
 #: Shards stay below this size so that every file fits hosting and transfer limits.
@@ -194,4 +194,4 @@ def default_weights_dir(region: str) -> Path:
     root = os.environ.get("MOOD_WEIGHTS")
     if root:
         return Path(root) / region
-    return Path(__file__).resolve().parent.parent / "weights" / region
+    return Path(__file__).resolve().parents[2] / "weights" / region

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 #: What torchrun sets for each process; other launchers (mpirun wrappers, the multi-GPU workers of
-#: :mod:`mood.workers`) set the same three.
+#: :mod:`mood.running.workers`) set the same three.
 RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 

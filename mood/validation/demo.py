@@ -4,11 +4,11 @@
 
 1. builds a small validation set from the shipped volume (``mood/data/demo_brain_t1.nii.gz``: the
    MNI152 2009a template at 2 mm, licence in ``mood/data/LICENSE-MNI152.txt``) with
-   :func:`mood.toy.make_toy`: a few cases with synthetic anomalies of different kinds and at least
+   :func:`mood.validation.toy.make_toy`: a few cases with synthetic anomalies of different kinds and at least
    one untouched normal;
 2. runs the ``sample`` and ``pixel`` tasks on it with the brain weights (``weights/brain``, or
-   ``$MOOD_WEIGHTS/brain``, as :func:`mood.weights.default_weights_dir` resolves them, or ``weights``);
-3. scores the predictions exactly as the challenge's evaluator does (:func:`mood.validate.validate`:
+   ``$MOOD_WEIGHTS/brain``, as :func:`mood.method.weights.default_weights_dir` resolves them, or ``weights``);
+3. scores the predictions exactly as the challenge's evaluator does (:func:`mood.validation.validate.validate`:
    average precision, plus AUROC and best Dice), gives the table and draws one picture per case.
 
 Out, under ``output``::
@@ -37,7 +37,7 @@ wall time on a heavily shared one. On a busy machine ``OMP_NUM_THREADS=1`` is fa
 default of one thread per core: with the default, the same run took 442 s there even with weights
 that resample almost no codes.
 
-Without installed weights (no ``card.json``) it raises :class:`mood.weights.WeightsError` with a
+Without installed weights (no ``card.json``) it raises :class:`mood.method.weights.WeightsError` with a
 one-line message that says what to do, before any work. It returns the report that it also writes
 to ``results.json``; its progress and table go to ``say`` (``mood demo`` passes ``print``).
 """
@@ -48,14 +48,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .config import region_preset
-from .detector import DEFAULT_RESTORATIONS
+from ..config import region_preset
+from ..method.detector import DEFAULT_RESTORATIONS
 from .validate import TASKS, format_table, succeeded
-from .volume_io import write_json, write_text
+from ..volumes.volume_io import write_json, write_text
 
 REGION = "brain"
 #: The shipped normal volume (MNI152 2009a, 2 mm; see LICENSE-MNI152.txt beside it).
-DEMO_VOLUME = Path(__file__).resolve().parent / "data" / "demo_brain_t1.nii.gz"
+DEMO_VOLUME = Path(__file__).resolve().parents[1] / "data" / "demo_brain_t1.nii.gz"
 #: Defaults sized for a few minutes on a 2-core CPU (measurements in the module docstring).
 DEMO_COUNT = 5
 DEMO_NORMALS = 1
@@ -89,11 +89,11 @@ def _no_weights_message(reason: str) -> str:
 def check_weights(weights: Path | None) -> tuple[Path, dict[str, Any]]:
     """The brain weights folder the demo will use, and its card's ``info``, after loading both models.
 
-    ``weights`` None means the installed default (:func:`mood.weights.default_weights_dir`).
-    Raises :class:`mood.weights.WeightsError` with a message that says what is missing and what to do.
+    ``weights`` None means the installed default (:func:`mood.method.weights.default_weights_dir`).
+    Raises :class:`mood.method.weights.WeightsError` with a message that says what is missing and what to do.
     """
-    from .detector import Detector, resolve_weights
-    from .weights import WeightsError, default_weights_dir
+    from ..method.detector import Detector, resolve_weights
+    from ..method.weights import WeightsError, default_weights_dir
 
     if weights is None:
         directory = default_weights_dir(REGION)
@@ -141,7 +141,7 @@ def prepare_output(output: Path) -> None:
 
 
 def _validate_task(output: Path, task: str, extra_args: Sequence[str], pictures: Path | None) -> dict[str, Any]:
-    """One task through :func:`mood.validate.validate`."""
+    """One task through :func:`mood.validation.validate.validate`."""
     from .validate import validate
 
     return validate(output, tasks=(task,), regions=(REGION,), pictures=pictures,
@@ -213,7 +213,7 @@ def demo(output: Path = Path("mood-demo"), weights: Path | None = None, device: 
         output: folder for everything the demo writes (created; a rerun replaces an earlier demo's
             files; any other non-empty folder is refused).
         weights: brain weights folder (or a root with ``brain/``); default
-            :func:`mood.weights.default_weights_dir`.
+            :func:`mood.method.weights.default_weights_dir`.
         device: ``auto``, ``cpu`` or ``cuda``, for the predictions.
         count, normals: cases, of which ``normals`` are left untouched.
         size: side of the cubic volumes (the challenge's brain volumes are 256).
@@ -226,9 +226,9 @@ def demo(output: Path = Path("mood-demo"), weights: Path | None = None, device: 
 
     Returns:
         The report written to ``results.json`` (``results``: validate's rows for both tasks;
-        :func:`mood.validate.succeeded` tells whether both ran and were scored). Raises
+        :func:`mood.validation.validate.succeeded` tells whether both ran and were scored). Raises
         ``ValueError`` for bad settings or an output folder it may not use and
-        :class:`mood.weights.WeightsError` without usable weights, both before any work.
+        :class:`mood.method.weights.WeightsError` without usable weights, both before any work.
     """
     from .toy import make_toy
 

@@ -1,6 +1,6 @@
 """Normal volumes -> a validation set in the MOOD toy layout, with synthetic anomalies.
 
-In: a folder (or one file) of normal volumes in any format :mod:`mood.convert` reads. Out, under
+In: a folder (or one file) of normal volumes in any format :mod:`mood.volumes.convert` reads. Out, under
 ``output``::
 
     toy/toy_000.nii.gz ...                 the cases (float32, challenge form)
@@ -14,9 +14,10 @@ predictions share the case's file name, with ``.txt`` appended for the sample ta
 ``toy/`` sees only volumes.
 
 Inputs already in challenge form are used exactly as inference reads them, others are converted
-(one rule for training, calibration and make-toy: :func:`mood.convert.ensure_challenge_form`). ``size`` writes smaller volumes for
-quick runs (the predictor then needs an explicit ``--region``). Case ``i`` draws from its own
-generator ``default_rng([seed, i])``: the same seed gives the same set, whatever the order.
+(one rule for training, calibration and make-toy:
+:func:`mood.volumes.convert.ensure_challenge_form`). ``size`` writes smaller volumes for quick
+runs (the predictor then needs an explicit ``--region``). Case ``i`` draws from its own generator
+``default_rng([seed, i])``: the same seed gives the same set, whatever the order.
 """
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from .anomalies import KINDS, insert_anomaly_spec
-from .config import REGIONS, region_of_shape
-from .convert import ensure_challenge_form, save_nifti
-from .volume_io import READABLE_SUFFIXES, list_inputs, read_volume, write_json, write_text
+from ..config import REGIONS, region_of_shape
+from ..volumes.convert import ensure_challenge_form, save_nifti
+from ..volumes.volume_io import READABLE_SUFFIXES, list_inputs, read_volume, write_json, write_text
 
 log = logging.getLogger(__name__)
 

@@ -36,14 +36,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import REGIONS
+from ..config import REGIONS
 from .metrics import pixel_metrics, sample_metrics
-from .volume_io import write_json
+from ..volumes.volume_io import write_json
 
 log = logging.getLogger(__name__)
 
 TASKS = ("sample", "pixel")
-_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- running a predictor ---------------------------------------------------------------------

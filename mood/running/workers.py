@@ -1,7 +1,7 @@
 """One machine, several GPUs: one ``mood sample|pixel`` worker process per GPU, each with its shard.
 
 The workers are started the way ``torchrun --nproc_per_node=G`` starts its processes (``RANK``,
-``WORLD_SIZE``, ``LOCAL_RANK`` in the environment), so that :func:`mood.shard.placement` gives
+``WORLD_SIZE``, ``LOCAL_RANK`` in the environment), so that :func:`mood.running.shard.placement` gives
 each its part of the run's shard and its own GPU; nothing else distinguishes the two launches.
 No collectives: the workers never talk to each other.
 """

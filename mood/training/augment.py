@@ -28,7 +28,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .config import AugmentConfig
+from ..config import AugmentConfig
 
 
 def _coin(n: int, p: float, g: torch.Generator) -> torch.Tensor:

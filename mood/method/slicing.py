@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import RegionConfig
+from ..config import RegionConfig
 
 
 @dataclass(frozen=True)

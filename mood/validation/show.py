@@ -18,7 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .volume_io import InputError, read_volume
+from ..volumes.volume_io import InputError, read_volume
 
 #: Scores at or below this fraction of the colour range are not drawn (the anatomy stays visible);
 #: above it the overlay's opacity grows with the score up to OVERLAY_ALPHA at half the range.
@@ -37,7 +37,7 @@ def _ensure_mpl_config() -> None:
 
 
 def _load(item: Path | str | np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """An array as it is (no affine), or a file through :func:`mood.volume_io.read_volume`."""
+    """An array as it is (no affine), or a file through :func:`mood.volumes.volume_io.read_volume`."""
     if isinstance(item, np.ndarray):
         return item, None
     try:

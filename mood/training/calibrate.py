@@ -11,10 +11,11 @@ Out: the same directory's ``card.json`` with
   inside the body (normal tissue stays below 0.5 for all but 0.1 % of its voxels);
 - ``info["calibration"]``: files, settings, raw values and timing.
 
-Raw scores come from the public stages of :class:`mood.detector.Detector` (``nll``,
+Raw scores come from the public stages of :class:`mood.method.detector.Detector` (``nll``,
 ``pixel_raw``) with the new thresholds, exactly as at inference; the maps are fitted by
-:func:`mood.scoring.fit_sample_map` and :func:`mood.scoring.fit_pixel_map`. Pixel raw scores need restorations (slow on a CPU), so they use ``n_slices`` slices
-and ``restorations`` restorations per volume; the thresholds and the sample map use the
+:func:`mood.method.scoring.fit_sample_map` and :func:`mood.method.scoring.fit_pixel_map`. Pixel
+raw scores need restorations (slow on a CPU), so they use ``n_slices`` slices and
+``restorations`` restorations per volume; the thresholds and the sample map use the
 inference default number of slices.
 """
 from __future__ import annotations
@@ -26,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import scoring
-from .convert import ensure_challenge_form
-from .detector import Detector, resolve_weights
-from .slicing import body_mask
-from .volume_io import READABLE_SUFFIXES, list_inputs
-from .weights import Card, write_card
+from ..method import scoring
+from ..volumes.convert import ensure_challenge_form
+from ..method.detector import Detector, resolve_weights
+from ..method.slicing import body_mask
+from ..volumes.volume_io import READABLE_SUFFIXES, list_inputs
+from ..method.weights import Card, write_card
 
 
 def calibrate(region: str, data: Path, weights: Path, *, device: str = "auto",

@@ -1,0 +1,1 @@
+"""The method: volume -> slices -> codes -> restorations -> scores, for one region's weights."""

@@ -1,0 +1,1 @@
+"""Running at scale: a folder of volumes -> challenge predictions, across shards, GPUs and machines."""

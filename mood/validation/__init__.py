@@ -1,0 +1,1 @@
+"""Validation: toy sets with synthetic anomalies, the challenge's metric, pictures, the demo."""
