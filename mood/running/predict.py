@@ -23,12 +23,12 @@ from tqdm import tqdm
 
 from ..config import DEFAULT_IN_FLIGHT, METHODS, REGIONS, TASKS, region_of_shape
 from ..method.detector import DEFAULT_RESTORATIONS, Detector
+from ..method.weights import WeightsError
+from ..volumes.volume_io import (DEFAULT_MAX_VOXELS, InputError, Volume, is_nifti_name, list_inputs,
+                                 load_volume, output_path, remove_stale_temporaries, round_to_float16_,
+                                 write_scores_nifti, write_text)
 from .overlap import Overlap
 from .shard import Shard
-from ..volumes.volume_io import (DEFAULT_MAX_VOXELS, InputError, Volume, is_nifti_name, list_inputs,
-                        load_volume, output_path, remove_stale_temporaries, round_to_float16_,
-                        write_scores_nifti, write_text)
-from ..method.weights import WeightsError
 
 log = logging.getLogger("mood")
 
