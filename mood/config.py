@@ -200,5 +200,10 @@ def tiny_preset(region: str = "brain", image_size: int = 64) -> RegionConfig:
     return replace(full, vqvae=vq, prior=prior, n_slices=8)
 
 
+def is_tiny(config: RegionConfig) -> bool:
+    """Whether ``config`` is a tiny twin (its prior is the tiny preset's), whatever its VQ-VAE width."""
+    return config.prior == tiny_preset(config.region, config.vqvae.image_size).prior
+
+
 __all__ = ["REGIONS", "TASKS", "METHODS", "region_of_shape", "AugmentConfig", "VQVAEConfig", "PriorConfig", "RegionConfig",
-           "region_preset", "narrow", "tiny_preset"]
+           "region_preset", "narrow", "tiny_preset", "is_tiny"]

@@ -241,13 +241,15 @@ def test_vqvae_and_prior_train_resume_and_load(heads, tmp_path):
 def test_narrow_vqvae_trains_its_prior_and_loads(heads, tmp_path):
     """--width builds a narrower VQ-VAE; the card carries it, so the prior and the loader follow it;
     every log line counts CPU seconds."""
-    from mood.config import narrow
+    from mood.config import is_tiny, narrow, region_preset
 
     out = train_vqvae("brain", heads, tmp_path / "vq", steps=2, width=0.5, **_kw(tmp_path))
     card = read_card(out)
     assert card.config == narrow(tiny_preset("brain"), 0.5)
     assert card.config.vqvae.channels != tiny_preset("brain").vqvae.channels
     assert load_vqvae(out).config.channels == card.config.vqvae.channels
+    assert card.info["training"]["vqvae"]["tiny"] is True  # narrowed tiny twin: still tiny
+    assert is_tiny(card.config) and not is_tiny(narrow(region_preset("brain"), 0.5))
     pout = train_prior("brain", heads, tmp_path / "p", vqvae=out, steps=2, schedule="cosine", **_kw(tmp_path))
     assert load_vqvae(pout).config.channels == card.config.vqvae.channels
     load_prior(pout)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..config import RegionConfig, region_preset
+from ..config import RegionConfig, is_tiny
 from .checkpoints import append_log, checkpoint_dir, load_checkpoint, prepare_run_folder, rounded, save_checkpoint
 from .data import SliceBank, draw_batch, fixed_batch, load_banks, provenance, split_files, step_generator
 from .distributed import Dist, all_reduce, barrier, setup_distributed, teardown
@@ -156,7 +156,7 @@ def run_loop(recipe: Recipe, *, region: str, data: Path, out: Path, settings: Tr
            "data": {"folder": data.resolve().name,
                     "sha256": provenance(train_files + hold_files, data) if d.master else {}},
            "settings": asdict(settings),
-           "tiny": config.vqvae.channels != region_preset(region).vqvae.channels,
+           "tiny": is_tiny(config),
            "train_files": [f.name for f in train_files], "holdout_files": [f.name for f in hold_files],
            "world_size": d.world}
     eval_x = fixed_batch(hold_banks, settings.eval_slices) if hold_banks else None

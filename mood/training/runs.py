@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..config import RegionConfig, tiny_preset
+from ..config import RegionConfig, is_tiny
 from ..method.networks import VQVAE, PixelSNAIL
 from ..method.weights import Card, load_prior, load_vqvae, read_card
 from .codebook import CodeUsage, init_codebook
@@ -87,7 +87,7 @@ def train_prior(region: str, data: Path, out: Path, *, vqvae: Path, settings: Tr
     config = vq_card.config
     if config.region != region:
         raise ValueError(f"{vqvae} holds a {config.region} VQ-VAE, not {region}")
-    if tiny != (config.prior == tiny_preset(region, config.vqvae.image_size).prior):
+    if tiny != is_tiny(config):
         raise ValueError(f"tiny={tiny} disagrees with the VQ-VAE in {vqvae}")
     settings = with_overrides(settings, overrides)
     torch.manual_seed(settings.seed)
