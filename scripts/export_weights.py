@@ -10,7 +10,8 @@ and writes into the card's ``info``:
 * every key of ``--info`` (a JSON file: ``quality``, ``notes``, ``campaign``, ...).
 
 The training record of both models (``info.training``) comes with the source card; where an older
-``mood train`` stored a folder as a path, it is replaced by the folder's name.
+``mood train`` stored a folder as a path, it is replaced by the folder's name, and its ``tiny``
+(once "channels differ from the preset", so true for a narrowed model) is restated from the config.
 
     python scripts/export_weights.py --src runs/brain/full --dst weights/brain \\
         --data ../shared/data/brain --info runs/brain_info.json
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
+from mood.config import is_tiny  # noqa: E402
 from mood.training import export_weights  # noqa: E402
 from mood.training.data import provenance  # noqa: E402
 from mood.method.weights import read_card  # noqa: E402
@@ -50,9 +52,10 @@ def main() -> None:
     ap.add_argument("--info", type=Path, default=None, help="JSON object merged into the card's info")
     args = ap.parse_args()
 
-    info = read_card(args.src).info
-    training = info["training"]
+    card = read_card(args.src)
+    training = card.info["training"]
     for record in training.values():  # an older `mood train` stored folders as paths
+        record["tiny"] = is_tiny(card.config)
         if isinstance(record.get("data"), str):
             record["data"] = {"folder": Path(record["data"]).name}
         if isinstance(record.get("vqvae_from"), str):
