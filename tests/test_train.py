@@ -257,6 +257,24 @@ def test_narrow_vqvae_trains_its_prior_and_loads(heads, tmp_path):
     assert steps and all(r["cpu_s"] > 0 for r in steps)
 
 
+def test_bf16_steps_are_bfloat16_and_close_to_float32(heads, tmp_path):
+    """--bf16 changes the numbers of a step (so the forward pass ran in bfloat16) but not by much;
+    both models train under it, and the settings in the card say so."""
+    def first_loss(kind: str, out: Path) -> float:
+        return next(r["loss"] for r in _log(out, kind) if "loss" in r)
+
+    fp32 = train_vqvae("brain", heads, tmp_path / "f", steps=1, **_kw(tmp_path))
+    bf16 = train_vqvae("brain", heads, tmp_path / "b", steps=1, bf16=True, **_kw(tmp_path))
+    a, b = first_loss("vqvae", fp32), first_loss("vqvae", bf16)
+    assert a != b and abs(a - b) < 0.03 * a
+    assert read_card(bf16).info["training"]["vqvae"]["settings"]["bf16"] is True
+    p32 = train_prior("brain", heads, tmp_path / "pf", vqvae=fp32, steps=1, **_kw(tmp_path))
+    p16 = train_prior("brain", heads, tmp_path / "pb", vqvae=fp32, steps=1, bf16=True, **_kw(tmp_path))
+    a, b = first_loss("prior", p32), first_loss("prior", p16)
+    assert a != b and abs(a - b) < 0.03 * a
+    assert load_prior(p16).head_up.weight.dtype == torch.float32  # weights stay float32
+
+
 def test_init_from_starts_from_given_weights(heads, tmp_path):
     """--init-from loads the given models (lr 0 leaves their parameters as they were; batch-norm
     statistics move in training mode) and records where from."""

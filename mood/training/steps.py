@@ -34,6 +34,11 @@ class Batch:
     gen: torch.Generator  # this step's randomness (drawn data, augmentation, re-seeding)
 
 
+def _autocast(settings: TrainSettings, d: Dist) -> torch.autocast:
+    """bfloat16 autocast of a step's forward pass when ``settings.bf16`` (a no-op otherwise)."""
+    return torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=settings.bf16)
+
+
 def _optimise(loss: torch.Tensor, model: nn.Module, opt: torch.optim.Optimizer, settings: TrainSettings) -> None:
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -46,8 +51,10 @@ def vqvae_step(batch: Batch, *, ddp: nn.Module, model: VQVAE, opt: torch.optim.O
                settings: TrainSettings, usage: CodeUsage) -> dict[str, float]:
     """One VQ-VAE step; every ``reseed_every`` steps, codes unused since the last re-seeding
     (``usage``, updated in place) are re-seeded."""
-    recon, q = ddp(batch.x, batch.coord)
-    losses = vq_losses(batch.x, recon.contiguous(), q, model.codebook.weight, settings.commitment)
+    with _autocast(settings, d):
+        recon, q = ddp(batch.x, batch.coord)
+    q = q._replace(encodings=q.encodings.float())  # losses and codebook re-seeding in float32
+    losses = vq_losses(batch.x, recon.float().contiguous(), q, model.codebook.weight, settings.commitment)
     loss = sum(losses.values())
     _optimise(loss, model, opt, settings)
     counts = torch.bincount(q.codes.flatten(), minlength=model.config.n_codes).double()
@@ -75,9 +82,10 @@ def prior_step(batch: Batch, *, ddp: nn.Module, model: PixelSNAIL, opt: torch.op
                settings: TrainSettings, vq: VQVAE) -> dict[str, float]:
     """One prior step: cross-entropy of the prior's logits on the codes of ``vq``."""
     vq.to(d.device)
-    codes = codes_of(vq, batch.x, batch.coord)  # (B, L, L)
-    logits = ddp(codes, batch.coord)  # (B, K, L, L)
-    loss = F.cross_entropy(logits, codes)
+    codes = codes_of(vq, batch.x, batch.coord)  # (B, L, L), float32: the codes inference sees
+    with _autocast(settings, d):
+        logits = ddp(codes, batch.coord)  # (B, K, L, L)
+    loss = F.cross_entropy(logits.float(), codes)
     _optimise(loss, model, opt, settings)
     counts = all_reduce(torch.bincount(codes.flatten(), minlength=model.config.n_codes).double(), d)
     used, ppl = code_stats(counts.cpu())
