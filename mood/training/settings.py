@@ -39,7 +39,7 @@ class TrainSettings:
     #: of 2.1 s after a 60 s compile, the prior 1.6 s instead of 1.7 s after 160 s (batch 8)
     compile: bool = False
     #: forward passes and losses under bfloat16 autocast (weights, optimiser, holdout evaluation and
-    #: the prior's input codes stay float32): on this project's CPU (AMX) a step took 0.45x the time
+    #: the prior's input codes stay float32): on this project's CPU (AMX) a prior step took 0.44x the time
     bf16: bool = False
     #: stop (with a checkpoint) after this many seconds of this invocation, whatever ``steps`` says
     time_limit: float | None = None
