@@ -9,7 +9,11 @@ it twice through the package's command line, exactly as the challenge's metric r
   ``|x - decode(encode(x))|`` per voxel, its mean per volume),
 
 and writes a JSON report, one picture per method of the anomalous case with the largest anomaly,
-and (``--card``) the numbers into the weights card under ``info.validation.held_out``.
+and (``--card``) the numbers into the weights card under ``info.validation.held_out``. Besides the
+whole set, both tasks are scored per anomaly kind and per anomaly size (changed voxels), each
+group's anomalous cases with all the normal ones: what the challenge's score would be if every
+anomaly were of that kind or size. With a dozen cases a group holds one to four of them, so read
+these as where the weights fail, not as precise numbers.
 
     python scripts/validate_weights.py --region brain --weights weights/brain \\
         --sources ../shared/data/eval_only/rorden_t1.nii.gz ../shared/data/eval_only/icbm2009asym_t1_template.nii.gz \\
@@ -29,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from mood.config import METHODS, region_preset  # noqa: E402
+from mood.validation.metrics import pixel_metrics, sample_metrics  # noqa: E402
 from mood.validation.show import show  # noqa: E402
 from mood.validation.toy import MANIFEST, make_toy  # noqa: E402
 from mood.validation.validate import validate  # noqa: E402
@@ -71,6 +76,33 @@ def compact_png(src: Path, dst: Path) -> None:
 
 def largest_anomaly(cases: dict[str, dict]) -> str:
     return max(cases, key=lambda name: cases[name]["n_changed"])
+
+
+#: anomaly sizes in changed voxels: (upper bound, group name); the challenge's toy cases span a few
+#: hundred to tens of thousands
+SIZES = ((1_000, "size < 1k voxels"), (10_000, "size 1k-10k voxels"), (float("inf"), "size > 10k voxels"))
+
+
+def case_groups(cases: dict[str, dict]) -> dict[str, list[str]]:
+    """Case -> groups it counts in: its anomaly's kind and size; a normal case counts in every group."""
+    anomalous = {name: [f"kind {c['kind']}", next(g for bound, g in SIZES if c["n_changed"] < bound)]
+                 for name, c in cases.items() if c["kind"] is not None}
+    every = sorted({g for gs in anomalous.values() for g in gs})
+    return {name: anomalous.get(name, every) for name in cases}
+
+
+def group_table(methods: dict[str, dict]) -> str:
+    """Markdown: all cases, then one row per group; AP (AUROC) of each method and task."""
+    names = [(m, t) for m in methods for t in ("pixel", "sample")]
+    rows = {"all cases": {(m, t): methods[m][t] for m, t in names}}
+    for g in sorted({g for m, t in names for g in methods[m][t]["groups"]}):
+        rows[g] = {(m, t): methods[m][t]["groups"][g] for m, t in names}
+    lines = ["| cases | n | " + " | ".join(f"{t} AP (AUROC) {m}" for m, t in names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for g, row in rows.items():
+        cells = [f"{row[k]['ap']:.4f} ({row[k]['auroc']:.2f})" for k in names]
+        lines.append(f"| {g} | {row[names[0]]['n_cases']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -118,6 +150,11 @@ def main() -> int:
                           extra_args=[*common, "--method", method])
         report["methods"][method] = {row["task"]: {k: row[k] for k in (*METRICS, "n_cases", "n_missing", "seconds")}
                                      for row in result["results"]}
+        groups = case_groups(report["cases"])
+        for task, metrics in (("sample", sample_metrics), ("pixel", pixel_metrics)):
+            by_group = metrics(pred_root / args.region / task, region_dir / "toy_label" / task, groups)["groups"]
+            report["methods"][method][task]["groups"] = {
+                g: {k: r[k] for k in (*METRICS, "n_cases", "n_positive")} for g, r in by_group.items()}
         png = args.work / f"{args.region}_{method}_{case.split('.nii')[0]}.png"
         manifest_case = report["cases"][case]
         show(region_dir / "toy" / case, png, scores=pred_root / args.region / "pixel" / case,
@@ -138,14 +175,16 @@ def main() -> int:
         "command": " ".join(["python scripts/validate_weights.py", *sys.argv[1:]]),
         "set": f"{args.count} cases from {', '.join(report['sources'])} (make-toy seed {args.seed}; "
                f"kinds: {', '.join(kinds)}), {args.restorations} restorations",
-        **{method: {task: {k: row[k] for k in (*METRICS, "n_cases")} for task, row in report["methods"][method].items()}
+        **{method: {task: {k: row[k] for k in (*METRICS, "n_cases", "groups")}
+                    for task, row in report["methods"][method].items()}
            for method in args.methods},
         "pictures": {m: str(p) for m, p in pictures.items()},
     }
     if args.card:
         card.info.setdefault("validation", {})["held_out"] = summary
         write_card(args.weights, card)
-    print(json.dumps(summary, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k not in args.methods}, indent=2))
+    print(group_table(report["methods"]))
     return 0
 
 

@@ -125,6 +125,31 @@ def test_pixel_metrics_rules_and_sklearn_equality(tmp_path):
     assert r["n_total"] == y_true.size and r["n_positive"] == int(y_true.sum())
 
 
+def test_groups_score_each_group_like_the_whole_set(tmp_path):
+    """A group is scored exactly as the whole set would be if it held only the group's cases."""
+    pred_dir, label_dir, scores, labels = _pixel_layout(tmp_path / "pixel")
+    groups = {"toy_0.nii.gz": ["g1", "g2"], "toy_2.nii.gz": ["g1"], "toy_3.nii.gz": ["g2"]}  # toy_1: none
+    r = pixel_metrics(pred_dir, label_dir, groups)
+    assert sorted(r["groups"]) == ["g1", "g2"]
+    for g, idx in (("g1", [0, 2]), ("g2", [0, 3])):
+        y_true = np.concatenate([labels[i] for i in idx])
+        y_score = np.concatenate([scores[i] for i in idx])
+        assert r["groups"][g]["ap"] == average_precision_score(y_true, y_score)
+        assert r["groups"][g]["n_cases"] == 2 and r["groups"][g]["n_total"] == y_true.size
+    assert r["ap"] != r["groups"]["g1"]["ap"]  # the whole set is not a group
+    assert "groups" not in pixel_metrics(pred_dir, label_dir)
+
+    labels_s = {"a.nii.gz.txt": 1, "b.nii.gz.txt": 0, "c.nii.gz.txt": 1, "d.nii.gz.txt": 0}
+    preds_s = {"a.nii.gz.txt": "0.9", "b.nii.gz.txt": "0.5", "c.nii.gz.txt": "0.2", "d.nii.gz.txt": "0.3"}
+    pred_dir, label_dir = _sample_layout(tmp_path / "sample", labels_s, preds_s)
+    r = sample_metrics(pred_dir, label_dir, {"a.nii.gz": ["kind x"], "c.nii.gz": ["kind y"],
+                                             "b.nii.gz": ["kind x", "kind y"], "d.nii.gz": ["kind x", "kind y"]})
+    assert r["groups"]["kind x"]["ap"] == 1.0 and r["groups"]["kind x"]["auroc"] == 1.0  # 0.9 above 0.5, 0.3
+    assert r["groups"]["kind y"]["auroc"] == 0.0  # 0.2 below both normals
+    assert r["groups"]["kind y"]["ap"] == average_precision_score([0, 1, 0], [0.5, 0.2, 0.3])
+    assert r["groups"]["kind x"]["cases"] == ["a.nii.gz.txt", "b.nii.gz.txt", "d.nii.gz.txt"]
+
+
 def test_pixel_label_reading_matches_evaluator(tmp_path):
     values = np.array([[[-1.0, 0.2, 0.5, 0.51, 0.9, 1.0, 1.49, 1.5, 7.0]]], dtype=np.float32)
     _write_nifti(tmp_path / "l.nii.gz", values)

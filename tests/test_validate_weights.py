@@ -43,6 +43,13 @@ def test_validate_weights_writes_both_methods_into_the_card(tmp_path, sources):
         assert Path(held_out["pictures"][method]).stat().st_size > 10_000
     assert sorted(c["source"] for c in report["cases"].values()) == ["head0.nii.gz"] * 2 + ["head1.nii.gz"] * 2
     assert sum(c["kind"] is None for c in report["cases"].values()) == 1  # a quarter are normal
+    # per kind and size: each group's anomalous cases with the normal one
+    groups = report["methods"]["lsr"]["pixel"]["groups"]
+    kinds = {f"kind {c['kind']}" for c in report["cases"].values() if c["kind"]}
+    assert kinds <= set(groups) and any(g.startswith("size ") for g in groups)
+    assert all(g["n_cases"] >= 2 and g["n_positive"] > 0 for g in groups.values())
+    assert held_out["lsr"]["sample"]["groups"] == report["methods"]["lsr"]["sample"]["groups"]
+    assert "| all cases | 4 |" in run.stdout
     # the two methods score differently (the prior is not the reconstruction error)
     lsr = sorted((work / "pred" / "lsr" / "brain" / "sample").glob("*.txt"))
     rec = sorted((work / "pred" / "reconstruction" / "brain" / "sample").glob("*.txt"))

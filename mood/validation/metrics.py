@@ -27,11 +27,16 @@ thresholds (pooled: 2 TP / (2 TP + FP + FN)) come from the same table.
 
 A NaN prediction makes sklearn (and so the challenge's evaluator) fail; here it raises
 ``ValueError`` naming the file.
+
+Both tasks can also be scored on groups of cases (``groups``: case -> the groups it counts in, e.g.
+an anomaly kind or size and, for normal cases, every group), the same metric on each group's cases
+alone: what the challenge's score would be if every anomaly were of that group.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -231,7 +236,16 @@ def _empty_result(names: list[str]) -> dict[str, Any]:
             "cases": {}, "n_listed": len(names)}
 
 
-def sample_metrics(pred_dir: str | Path, label_dir: str | Path) -> dict[str, Any]:
+#: case volume name -> names of the groups it counts in
+Groups = Mapping[str, Sequence[str]]
+
+
+def _group_result(summary: dict[str, Any], members: list[str]) -> dict[str, Any]:
+    return {**{k: summary[k] for k in ("ap", "auroc", "best_dice", "n_positive", "n_total")},
+            "n_cases": len(members), "cases": members}
+
+
+def sample_metrics(pred_dir: str | Path, label_dir: str | Path, groups: Groups | None = None) -> dict[str, Any]:
     """The sample task's metric for one region, exactly as the challenge's evaluator computes it.
 
     Args:
@@ -243,7 +257,9 @@ def sample_metrics(pred_dir: str | Path, label_dir: str | Path) -> dict[str, Any
         ``best_threshold``, ``n_cases`` (scored), ``n_missing``, ``n_bad_shape`` (always 0 here),
         ``n_unreadable`` (unparsable predictions, scored 0), ``n_skipped`` (unreadable labels,
         left out), ``n_positive``, ``n_total`` and ``cases``: ``{name: {"label", "score",
-        "status"}}``.
+        "status"}}``; with ``groups`` (keyed by volume name, the label's name without ``.txt``) also
+        ``groups``: ``{group: {"ap", "auroc", "best_dice", "n_positive", "n_total", "n_cases",
+        "cases"}}``.
     """
     names = _case_names(Path(label_dir))
     result = _empty_result(names)
@@ -268,10 +284,19 @@ def sample_metrics(pred_dir: str | Path, label_dir: str | Path) -> dict[str, Any
         raise ValueError(f"no readable labels in {label_dir}")
     counts = ScoreCounts.from_arrays(np.asarray(scores, dtype=np.float64), np.asarray(labels) == 1)
     result.update(summarise(counts))
+    if groups is not None:
+        result["groups"] = {}
+        scored = [n for n in names if result["cases"][n]["label"] is not None]
+        for group in sorted({g for gs in groups.values() for g in gs}):
+            members = [n for n in scored if group in groups.get(n.removesuffix(".txt"), ())]
+            if members:
+                sub = ScoreCounts.from_arrays(np.array([result["cases"][n]["score"] for n in members]),
+                                              np.array([result["cases"][n]["label"] == 1 for n in members]))
+                result["groups"][group] = _group_result(summarise(sub), members)
     return result
 
 
-def pixel_metrics(pred_dir: str | Path, label_dir: str | Path) -> dict[str, Any]:
+def pixel_metrics(pred_dir: str | Path, label_dir: str | Path, groups: Groups | None = None) -> dict[str, Any]:
     """The pixel task's metric for one region, exactly as the challenge's evaluator computes it.
 
     Args:
@@ -283,11 +308,14 @@ def pixel_metrics(pred_dir: str | Path, label_dir: str | Path) -> dict[str, Any]
         (pooled, best over thresholds), ``best_threshold``, ``n_cases``, ``n_missing``,
         ``n_bad_shape`` (scored as zeros), ``n_unreadable`` (scored as zeros), ``n_skipped``
         (unreadable labels, left out), ``n_positive`` and ``n_total`` (voxels), and ``cases``:
-        ``{name: {"status", "n_positive"}}``.
+        ``{name: {"status", "n_positive"}}``; with ``groups``, also ``groups`` as in
+        :func:`sample_metrics` (each group's voxels pooled over its cases).
     """
     names = _case_names(Path(label_dir))
     result = _empty_result(names)
     hist = Float16Histogram()
+    group_hists: dict[str, Float16Histogram] = {}
+    members: dict[str, list[str]] = {}
     for name in names:
         try:
             label = read_pixel_label(Path(label_dir) / name)
@@ -300,6 +328,9 @@ def pixel_metrics(pred_dir: str | Path, label_dir: str | Path) -> dict[str, Any]
             raise ValueError(f"{Path(pred_dir) / name}: prediction contains NaN "
                              "(the challenge's evaluator fails on it)")
         hist.add(pred, label)
+        for group in (groups or {}).get(name, ()):
+            group_hists.setdefault(group, Float16Histogram()).add(pred, label)
+            members.setdefault(group, []).append(name)
         if status != "ok":
             result[f"n_{status}"] += 1
         result["n_cases"] += 1
@@ -308,9 +339,12 @@ def pixel_metrics(pred_dir: str | Path, label_dir: str | Path) -> dict[str, Any]
     if result["n_cases"] == 0:
         raise ValueError(f"no readable labels in {label_dir}")
     result.update(summarise(hist.to_counts()))
+    if groups is not None:
+        result["groups"] = {g: _group_result(summarise(group_hists[g].to_counts()), members[g])
+                            for g in sorted(group_hists)}
     return result
 
 
 __all__ = ["read_sample_label", "read_sample_prediction", "read_pixel_label", "read_pixel_prediction",
            "ScoreCounts", "Float16Histogram", "average_precision", "auroc", "best_dice", "summarise",
-           "sample_metrics", "pixel_metrics"]
+           "Groups", "sample_metrics", "pixel_metrics"]
