@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors import safe_open
 
@@ -86,3 +88,13 @@ def test_export_refuses_a_file_without_licence(tmp_path):
     run = _run("--src", str(_trained(tmp_path, data)), "--dst", str(tmp_path / "dst"), "--data", str(data))
     assert run.returncode != 0 and "b.nii.gz" in run.stderr
     assert not (tmp_path / "dst").exists()
+
+
+@pytest.mark.parametrize("region", ("brain", "abdom"))
+def test_shipped_cards_name_their_data_by_checksum_without_machine_paths(region):
+    text = (Path(__file__).resolve().parents[1] / "weights" / region / "card.json").read_text()
+    assert not re.search(r'"(/|[A-Za-z]:\\\\)', text), "a machine path in the shipped card"
+    data = json.loads(text)["info"]["data"]
+    files = data["trained_on"] + data["holdout_for_loss_and_calibration"]
+    assert sorted(data["sha256"]) == sorted(files) and sorted(data["licences"]) == sorted(files)
+    assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in data["sha256"].values())
