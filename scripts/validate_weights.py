@@ -97,7 +97,7 @@ def group_table(methods: dict[str, dict]) -> str:
     rows = {"all cases": {(m, t): methods[m][t] for m, t in names}}
     for g in sorted({g for m, t in names for g in methods[m][t]["groups"]}):
         rows[g] = {(m, t): methods[m][t]["groups"][g] for m, t in names}
-    lines = ["| cases | n | " + " | ".join(f"{t} AP (AUROC) {m}" for m, t in names) + " |",
+    lines = ["| cases | n (normal ones included) | " + " | ".join(f"{t} AP (AUROC) {m}" for m, t in names) + " |",
              "|---|---|" + "---|" * len(names)]
     for g, row in rows.items():
         cells = [f"{row[k]['ap']:.4f} ({row[k]['auroc']:.2f})" for k in names]

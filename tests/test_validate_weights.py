@@ -49,7 +49,7 @@ def test_validate_weights_writes_both_methods_into_the_card(tmp_path, sources):
     assert kinds <= set(groups) and any(g.startswith("size ") for g in groups)
     assert all(g["n_cases"] >= 2 and g["n_positive"] > 0 for g in groups.values())
     assert held_out["lsr"]["sample"]["groups"] == report["methods"]["lsr"]["sample"]["groups"]
-    assert "| all cases | 4 |" in run.stdout
+    assert "| all cases | 4 |" in run.stdout and "| kind " in run.stdout
     # the two methods score differently (the prior is not the reconstruction error)
     lsr = sorted((work / "pred" / "lsr" / "brain" / "sample").glob("*.txt"))
     rec = sorted((work / "pred" / "reconstruction" / "brain" / "sample").glob("*.txt"))
