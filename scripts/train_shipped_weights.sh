@@ -18,6 +18,13 @@ RUNS="${RUNS:-runs}"
 
 BRAIN_HOLDOUT=mni152_t1_2mm_template      # 1 of the 6 brain training files, never trained on
 ABDOM_HOLDOUT=totalseg_chest_ct_1p5mm     # 1 of the 3 CT files (overlaps the aorta crop's region)
+# $DATA/abdom held these three CTs when the abdomen was trained; it holds five now, so the recipe
+# trains on a folder of links to the three.
+ABDOM_DATA="$RUNS/abdom_data"
+mkdir -p "$ABDOM_DATA"
+for f in totalseg_torso_ct_3mm totalseg_aorta_ct_1p5mm totalseg_chest_ct_1p5mm; do
+  ln -sf "$(cd "$DATA/abdom" && pwd)/$f.nii.gz" "$ABDOM_DATA/"
+done
 
 # 1. VQ-VAEs (run at the same time; lr 3e-4 instead of the original 1e-4 because only a few hundred
 #    steps fit in the budget). Codebook: k-means init, dead-code re-seeding every 25 steps,
@@ -26,7 +33,7 @@ MOOD_CACHE="$RUNS/cache/brain" $MOOD train vqvae --region brain --data "$DATA/br
   --out "$RUNS/brain/vq" --steps 147 --batch-size 8 --lr 3e-4 --holdout "$BRAIN_HOLDOUT" \
   --device cpu --seed 0 --ckpt-every 50 --log-every 5 --threads 2 --resume &
 p1=$!
-MOOD_CACHE="$RUNS/cache/abdom" $MOOD train vqvae --region abdom --data "$DATA/abdom" \
+MOOD_CACHE="$RUNS/cache/abdom" $MOOD train vqvae --region abdom --data "$ABDOM_DATA" \
   --out "$RUNS/abdom/vq" --steps 167 --batch-size 8 --lr 3e-4 --holdout "$ABDOM_HOLDOUT" \
   --device cpu --seed 0 --ckpt-every 50 --log-every 5 --threads 1 --resume &
 p2=$!
@@ -37,7 +44,7 @@ MOOD_CACHE="$RUNS/cache/brain" $MOOD train prior --region brain --data "$DATA/br
   --vqvae "$RUNS/brain/vq" --out "$RUNS/brain/full" --steps 779 --batch-size 8 --lr 3e-4 \
   --holdout "$BRAIN_HOLDOUT" --device cpu --seed 0 --ckpt-every 25 --log-every 5 --threads 1 --resume &
 p1=$!
-MOOD_CACHE="$RUNS/cache/abdom" $MOOD train prior --region abdom --data "$DATA/abdom" \
+MOOD_CACHE="$RUNS/cache/abdom" $MOOD train prior --region abdom --data "$ABDOM_DATA" \
   --vqvae "$RUNS/abdom/vq" --out "$RUNS/abdom/full" --steps 451 --batch-size 8 --lr 3e-4 \
   --holdout "$ABDOM_HOLDOUT" --device cpu --seed 0 --ckpt-every 25 --log-every 5 --threads 1 --resume &
 p2=$!
@@ -118,3 +125,8 @@ python scripts/validate_weights.py --region brain --weights weights/brain \
 python scripts/validate_weights.py --region abdom --weights weights/abdom \
   --sources "$DATA/abdom/$ABDOM_HOLDOUT.nii.gz" --count 8 --work "$RUNS/val_abdom" --threads 1 \
   --card --picture-dir docs/weights
+
+# 7. (2026-12-02) The cards' provenance rewritten in place: training data by file name and sha256,
+#    no path of the training machine (the weights come out byte-identical).
+python scripts/export_weights.py --src weights/brain --dst weights/brain --data "$DATA/brain"
+python scripts/export_weights.py --src weights/abdom --dst weights/abdom --data "$DATA/abdom"
