@@ -54,7 +54,7 @@ def main() -> None:
 
     card = read_card(args.src)
     training = card.info["training"]
-    for record in training.values():  # an older `mood train` stored folders as paths
+    for record in training.values():  # an older `mood train` stored folders as paths, and `tiny` wrongly
         record["tiny"] = is_tiny(card.config)
         if isinstance(record.get("data"), str):
             record["data"] = {"folder": Path(record["data"]).name}

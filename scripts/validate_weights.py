@@ -33,7 +33,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from mood.config import METHODS, region_preset  # noqa: E402
-from mood.validation.metrics import pixel_metrics, sample_metrics  # noqa: E402
 from mood.validation.show import show  # noqa: E402
 from mood.validation.toy import MANIFEST, make_toy  # noqa: E402
 from mood.validation.validate import validate  # noqa: E402
@@ -143,18 +142,17 @@ def main() -> int:
                     "count": args.count, "seed": args.seed, "restorations": args.restorations,
                     "cases": json.loads((region_dir / MANIFEST).read_text())["cases"], "methods": {}}
     case = largest_anomaly(report["cases"])
+    groups = case_groups(report["cases"])
     pictures = {}
     for method in args.methods:
         pred_root = args.work / "pred" / method
         result = validate(data, regions=[args.region], workdir=pred_root,
-                          extra_args=[*common, "--method", method])
-        report["methods"][method] = {row["task"]: {k: row[k] for k in (*METRICS, "n_cases", "n_missing", "seconds")}
-                                     for row in result["results"]}
-        groups = case_groups(report["cases"])
-        for task, metrics in (("sample", sample_metrics), ("pixel", pixel_metrics)):
-            by_group = metrics(pred_root / args.region / task, region_dir / "toy_label" / task, groups)["groups"]
-            report["methods"][method][task]["groups"] = {
-                g: {k: r[k] for k in (*METRICS, "n_cases", "n_positive")} for g, r in by_group.items()}
+                          extra_args=[*common, "--method", method], groups=groups)
+        report["methods"][method] = {
+            row["task"]: {**{k: row[k] for k in (*METRICS, "n_cases", "n_missing", "seconds")},
+                          "groups": {g: {k: r[k] for k in (*METRICS, "n_cases", "n_positive")}
+                                     for g, r in (row["groups"] or {}).items()}}
+            for row in result["results"]}
         png = args.work / f"{args.region}_{method}_{case.split('.nii')[0]}.png"
         manifest_case = report["cases"][case]
         show(region_dir / "toy" / case, png, scores=pred_root / args.region / "pixel" / case,

@@ -35,8 +35,8 @@ alone: what the challenge's score would be if every anomaly were of that group.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

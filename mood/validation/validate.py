@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..config import REGIONS
-from .metrics import pixel_metrics, sample_metrics
+from .metrics import Groups, pixel_metrics, sample_metrics
 from ..volumes.volume_io import write_json
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def run_predictor(task: str, region: str, toy_dir: Path, pred_dir: Path, docker:
 # -- scoring ---------------------------------------------------------------------------------
 _SUMMARY_KEYS = ("region", "task", "ap", "auroc", "best_dice", "best_threshold", "n_cases", "n_missing",
                  "n_bad_shape", "n_unreadable", "n_skipped", "n_positive", "n_total", "returncode",
-                 "seconds", "error")
+                 "seconds", "error", "groups")
 
 
 def _clean(value: Any) -> Any:
@@ -158,7 +158,8 @@ def _pictures(region_dir: Path, pred_root: Path, out: Path, tasks: Sequence[str]
 
 def validate(data: Path, output_json: Path | None = None, docker: str | None = None,
              tasks: Sequence[str] = TASKS, regions: Sequence[str] = REGIONS, pictures: Path | None = None,
-             extra_args: Sequence[str] = (), workdir: Path | None = None) -> dict[str, Any]:
+             extra_args: Sequence[str] = (), workdir: Path | None = None,
+             groups: Groups | None = None) -> dict[str, Any]:
     """Predict and score every region and task found under ``data``.
 
     Args:
@@ -171,6 +172,8 @@ def validate(data: Path, output_json: Path | None = None, docker: str | None = N
         extra_args: passed to ``python -m mood`` (or to ``docker run``).
         workdir: predictions go to ``workdir/<region>/<task>`` (emptied first) and are kept;
             default a temporary folder that is removed afterwards.
+        groups: case name -> the groups it counts in; each row then also holds ``groups``, the
+            metric per group (:func:`mood.validation.metrics.sample_metrics`).
 
     Returns:
         ``{"data", "predictor", "results": [row, ...], "skipped": [...], "cases": {...}}``; each row
@@ -210,12 +213,12 @@ def validate(data: Path, output_json: Path | None = None, docker: str | None = N
                 row: dict[str, Any] = {"region": region, "task": task, "returncode": rc, "seconds": seconds,
                                        "error": None}
                 try:
-                    scored = (sample_metrics if task == "sample" else pixel_metrics)(pred_dir, label_dir)
+                    scored = (sample_metrics if task == "sample" else pixel_metrics)(pred_dir, label_dir, groups)
                     cases[f"{region}/{task}"] = scored.pop("cases")
                     row.update(scored)
                 except ValueError as exc:
                     row["error"] = str(exc)
-                rows.append({k: row.get(k) for k in _SUMMARY_KEYS})
+                rows.append({k: row.get(k) for k in _SUMMARY_KEYS if k != "groups" or groups is not None})
             if pictures is not None:
                 _pictures(region_dir, root / region, Path(pictures), tasks)
     finally:
