@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Learning curves of training runs against CPU time, and a table of them at equal CPU time.
 
-Reads the ``OUT/train/<kind>/log.jsonl`` of each run (written by ``mood train``) and draws, against
+Reads the ``OUT/train/<kind>/log.jsonl`` of each run (written by ``mood train``), or a copy of its
+holdout rows (``grep holdout_ OUT/train/vqvae/log.jsonl > docs/weights/logs/run.jsonl``: the
+campaign keeps these, because a run's folder is lost with its machine), and draws, against
 CPU-hours (this process's CPU time over all its threads, so runs that shared the machine compare
 fairly): the holdout L1 reconstruction and the codes in use (VQ-VAE runs), and the holdout NLL per
 code (prior runs). Prints a Markdown table of every run's holdout metric at the CPU time of the
 shortest run of its kind and at its own end.
 
     python scripts/campaign_curves.py --run "original=runs/brain/vq_w1" --run "width 0.5=runs/brain/vq_w05" \\
-        --run "prior=runs/brain/full" --out docs/weights/brain_curves.png
+        --run "prior=docs/weights/logs/prior.jsonl" --out docs/weights/brain_curves.png
 """
 from __future__ import annotations
 
@@ -25,14 +27,18 @@ import numpy as np  # noqa: E402
 METRIC = {"vqvae": "holdout_recon", "prior": "holdout_nll"}
 
 
-def read_run(folder: Path) -> tuple[str, list[dict]]:
-    """(kind, checkpoint rows with a holdout metric) of a ``mood train`` output folder."""
-    for kind in ("prior", "vqvae"):
-        log = folder / "train" / kind / "log.jsonl"
+def read_run(path: Path) -> tuple[str, list[dict]]:
+    """(kind, checkpoint rows with a holdout metric) of a ``mood train`` output folder or log file."""
+    # A prior's folder may also hold its VQ-VAE's log: the prior's is the run's own.
+    logs = [path] if path.is_file() else [path / "train" / kind / "log.jsonl" for kind in ("prior", "vqvae")]
+    for log in logs:
         if log.is_file():
             rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-            return kind, [r for r in rows if METRIC[kind] in r]
-    raise ValueError(f"{folder}: no train/vqvae or train/prior log.jsonl")
+            for kind, key in METRIC.items():
+                if any(key in r for r in rows):
+                    return kind, [r for r in rows if key in r]
+    raise ValueError(f"{path}: no log rows with {' or '.join(METRIC.values())} "
+                     "(a run folder holds them in train/vqvae or train/prior log.jsonl)")
 
 
 def at_cpu(rows: list[dict], key: str, cpu_s: float) -> float:
@@ -56,7 +62,7 @@ def table(runs: dict[str, tuple[str, list[dict]]]) -> str:
     return "\n".join(lines)
 
 
-def plot(runs: dict[str, tuple[str, list[dict]]], out: Path) -> None:
+def plot(runs: dict[str, tuple[str, list[dict]]], out: Path, logx: bool = False) -> None:
     panels = [("vqvae", "holdout_recon", "VQ-VAE: holdout L1 reconstruction"),
               ("vqvae", "holdout_codes_used", "VQ-VAE: codes in use (holdout)"),
               ("prior", "holdout_nll", "prior: holdout NLL per code (nats)")]
@@ -68,6 +74,8 @@ def plot(runs: dict[str, tuple[str, list[dict]]], out: Path) -> None:
                 ax.plot([r["cpu_s"] / 3600 for r in rows], [r[key] for r in rows], label=name)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("CPU-hours")
+        if logx:
+            ax.set_xscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -79,14 +87,17 @@ def plot(runs: dict[str, tuple[str, list[dict]]], out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", action="append", required=True, metavar="NAME=FOLDER",
-                    help="a `mood train` output folder, with the name to show")
+                    help="a `mood train` output folder or a copy of its log rows, with the name to show")
+    ap.add_argument("--logx", action="store_true",
+                    help="CPU-hours on a log axis: a power law is a straight line, so a curve that "
+                         "bends flatter there is slowing down faster than one")
     ap.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = ap.parse_args()
     runs = {}
     for spec in args.run:
         name, _, folder = spec.partition("=")
         runs[name] = read_run(Path(folder))
-    plot(runs, args.out)
+    plot(runs, args.out, args.logx)
     print(table(runs))
 
 
