@@ -23,7 +23,9 @@ BATCH="${BATCH:-64}"
 DEVICE="${DEVICE:-cuda}"  # DEVICE=cpu TINY=1 VQ_SECONDS=5 PRIOR_SECONDS=5: a smoke test of this script
 TINY="${TINY:-0}"
 case "$REGION" in
-  brain) HOLDOUT=mni152_t1_2mm_template ;;
+  # One individual adult, not a template (a template is an average: too easy a holdout), as in the
+  # CPU campaign (docs/weights/campaign.md), so that both calibrate on the same kind of scan.
+  brain) HOLDOUT=niivue_otsu ;;
   abdom) HOLDOUT=totalseg_chest_ct_1p5mm ;;
   *) echo "region must be brain or abdom, not $REGION" >&2; exit 2 ;;
 esac
