@@ -98,3 +98,16 @@ def test_shipped_cards_name_their_data_by_checksum_without_machine_paths(region)
     files = data["trained_on"] + data["holdout_for_loss_and_calibration"]
     assert sorted(data["sha256"]) == sorted(files) and sorted(data["licences"]) == sorted(files)
     assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in data["sha256"].values())
+
+
+@pytest.mark.parametrize("region", ("brain", "abdom"))
+def test_shipped_cards_log_the_campaign_consistently(region):
+    campaign = json.loads((Path(__file__).resolve().parents[1] / "weights" / region / "card.json")
+                          .read_text())["info"]["campaign"]
+    runs = campaign["runs"]
+    assert all(r["slices"] == r["steps"] * r["batch"] for r in runs)
+    assert campaign["cpu_hours_logged"] == pytest.approx(sum(r["cpu_hours"] for r in runs), abs=0.01)
+    for model in ("vqvae", "prior"):
+        mine = [r for r in runs if r["model"] == model]
+        assert campaign["cpu_hours_by_model"][model] == pytest.approx(sum(r["cpu_hours"] for r in mine), abs=0.01)
+        assert campaign["slices_seen_by_model"][model] == sum(r["slices"] for r in mine)
