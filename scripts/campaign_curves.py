@@ -10,7 +10,7 @@ code (prior runs). Prints a Markdown table of every run's holdout metric at the 
 shortest run of its kind and at its own end.
 
     python scripts/campaign_curves.py --run "original=runs/brain/vq_w1" --run "width 0.5=runs/brain/vq_w05" \\
-        --run "prior=docs/weights/logs/prior.jsonl" --out docs/weights/brain_curves.png
+        --run "prior=docs/weights/logs/brain_session5_prior.jsonl" --out docs/weights/brain_curves.png
 """
 from __future__ import annotations
 
