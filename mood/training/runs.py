@@ -63,7 +63,7 @@ def train_vqvae(region: str, data: Path, out: Path, *, settings: TrainSettings |
         kind="vqvae", config=config, model=model, select="recon",
         init=partial(_start, model=model, settings=settings, init_from=init_from, config=config, load=load_vqvae),
         step=partial(vqvae_step, settings=settings, usage=CodeUsage.empty(config.vqvae.n_codes)),
-        evaluate=partial(evaluate_vqvae, settings=settings),
+        evaluate=partial(evaluate_vqvae, settings=settings, background=config.background),
         export=partial(save_trained_vqvae, out=out, config=config, model=model, init_from=init_from))
     return run_loop(recipe, region=region, data=data, out=out, settings=settings, holdout=holdout, resume=resume,
                     threads=threads, device=device, cache_dir=cache_dir or default_cache(out),

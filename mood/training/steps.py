@@ -94,24 +94,30 @@ def prior_step(batch: Batch, *, ddp: nn.Module, model: PixelSNAIL, opt: torch.op
 
 @torch.no_grad()
 def evaluate_vqvae(model: VQVAE, ev: tuple[torch.Tensor, torch.Tensor], d: Dist,
-                   settings: TrainSettings) -> dict[str, float]:
-    """Holdout L1 reconstruction, VQ terms, codes in use and perplexity on fixed slices (eval mode)."""
+                   settings: TrainSettings, background: float) -> dict[str, float]:
+    """Holdout L1 reconstruction over whole slices (``recon``, the selection metric) and inside
+    the body (``recon_fg``: voxels other than ``background``, where anomalies are scored), VQ
+    terms, codes in use and perplexity on fixed slices (eval mode)."""
     was = model.training
     model.eval()
     total: dict[str, float] = {}
     counts = torch.zeros(model.config.n_codes, dtype=torch.float64)
-    n = 0
+    n, fg_sum, fg_n = 0, 0.0, 0
     for x, coord in chunks(*ev, settings.batch_size):
         x, coord = x.to(d.device), coord.to(d.device)
         recon, q = model(x, coord)
         losses = vq_losses(x, recon, q, model.codebook.weight, settings.commitment)
         for k, v in losses.items():
             total[k] = total.get(k, 0.0) + float(v) * x.shape[0]
+        fg = x != background
+        fg_sum += float((recon - x).abs()[fg].sum())
+        fg_n += int(fg.sum())
         counts += torch.bincount(q.codes.flatten().cpu(), minlength=model.config.n_codes).double()
         n += x.shape[0]
     model.train(was)
     used, ppl = code_stats(counts)
-    return {**{k: v / n for k, v in total.items()}, "codes_used": used, "perplexity": ppl}
+    return {**{k: v / n for k, v in total.items()}, "recon_fg": fg_sum / max(fg_n, 1),
+            "codes_used": used, "perplexity": ppl}
 
 
 @torch.no_grad()
