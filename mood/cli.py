@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("reports", nargs="+", type=Path, metavar="FILE")
     p.add_argument("--json", type=Path, default=None, help="also write the merged report as JSON")
 
-    from .training.settings import SCHEDULES, TrainSettings
+    from .training.settings import CODEBOOK_UPDATES, PLANES, SCHEDULES, TrainSettings
 
     TRAIN = TrainSettings()  # the one place the training defaults are defined
     p = sub.add_parser("train", help="train the VQ-VAE or the prior on normal volumes", parents=[REGION, DEVICE, SEED, THREADS],
@@ -166,6 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
                         f"lr/10 at --steps (default: {TRAIN.schedule})")
     p.add_argument("--warmup", type=int, default=TRAIN.warmup,
                    help=f"steps of linear learning-rate warm-up (default: {TRAIN.warmup})")
+    p.add_argument("--codebook-update", choices=CODEBOOK_UPDATES, default=TRAIN.codebook_update,
+                   help="(vqvae) how the codebook learns: 'loss' (the original's codebook loss) or 'ema' "
+                        "(moving averages of the encoder outputs assigned to each code, as VQ-VAE-2) "
+                        f"(default: {TRAIN.codebook_update})")
+    p.add_argument("--ema-decay", type=float, default=TRAIN.ema_decay,
+                   help=f"(vqvae) decay of the codebook's moving averages (default: {TRAIN.ema_decay})")
+    p.add_argument("--planes", choices=PLANES, default=TRAIN.planes,
+                   help="planes to train on: 'all' (the whole extent, as inference scores it) or 'tissue' "
+                        f"(only planes with at least 1 %% of pixels inside the body) (default: {TRAIN.planes})")
+    p.add_argument("--crop", type=int, default=TRAIN.crop, metavar="PIXELS",
+                   help="(vqvae) train on random PIXELS x PIXELS windows of the slices, a multiple of the "
+                        "VQ-VAE's downsampling (8 brain, 16 abdomen); it still encodes whole slices "
+                        f"(default: {TRAIN.crop}: whole slices)")
     p.add_argument("--ckpt-every", type=_positive_int, default=TRAIN.ckpt_every,
                    help=f"steps between checkpoints (default: {TRAIN.ckpt_every})")
     p.add_argument("--log-every", type=_positive_int, default=TRAIN.log_every,
@@ -254,6 +267,8 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if args.command == "train" and args.model == "prior":
         if args.width != 1.0:
             parser.error("--width applies to the VQ-VAE; the prior takes its architecture from --vqvae")
+        if args.crop:
+            parser.error("--crop applies to the VQ-VAE; the prior learns whole slices' code grids")
         if args.vqvae is None:
             parser.error("training the prior needs --vqvae DIR (the trained VQ-VAE's weights)")
     if args.command != "validate" and args._extra:

@@ -1,14 +1,21 @@
 """Checkpoints and the run folder: model + optimiser + run state on disk, and the loss log.
 
-Layout (read by every version of ``mood train``; ``--resume`` continues from it)::
+Layout (``--resume`` continues from it)::
 
-    OUT/train/<kind>/model.safetensors       the model's state
-    OUT/train/<kind>/optimizer.safetensors   the optimiser's tensors, flattened
-    OUT/train/<kind>/state.json              step, elapsed_s, cpu_s, config, settings, best, and
-                                             "optimizer": param_groups, shapes, scalars
-    OUT/train/<kind>/log.jsonl               one JSON line per logged step and per checkpoint
+    OUT/train/<kind>/model-<step>.safetensors      the model's state
+    OUT/train/<kind>/optimizer-<step>.safetensors  the optimiser's tensors, flattened
+    OUT/train/<kind>/carried-<step>.safetensors    what the step carries (e.g. codebook statistics)
+    OUT/train/<kind>/state.json                    step, elapsed_s, cpu_s, config, settings, best,
+                                                   "files" (the three above) and "optimizer":
+                                                   param_groups, shapes, scalars
+    OUT/train/<kind>/log.jsonl                     one JSON line per logged step and per checkpoint
 
-Safetensors for tensors, JSON for the rest, no pickle; every file is replaced atomically.
+Safetensors for tensors, JSON for the rest, no pickle. The tensor files of a checkpoint are
+written first, each atomically, under names of their step; ``state.json``, replaced atomically,
+then names them, and only after that are the previous step's files removed. So a process killed
+at any moment (SIGKILL, power) leaves a whole checkpoint: the new one or the one before. Checkpoints
+of earlier versions (``model.safetensors``, ``optimizer.safetensors``, no "files") still load. A
+checkpoint without an optimiser file (a campaign snapshot) loads with a fresh optimiser.
 """
 from __future__ import annotations
 
@@ -48,23 +55,43 @@ def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+#: files of checkpoints written before "files" was recorded
+LEGACY_FILES = {"model": "model.safetensors", "optimizer": "optimizer.safetensors"}
+
+
 def save_checkpoint(ckpt_dir: Path, model: nn.Module, opt: torch.optim.Optimizer,
-                    state: dict[str, Any]) -> None:
-    """Atomically write model, optimiser and run state (step, settings, config, timing)."""
+                    state: dict[str, Any], carried: dict[str, torch.Tensor] | None = None) -> None:
+    """Write model, optimiser, ``carried`` tensors and run state (step, settings, config, timing):
+    tensor files first, then ``state.json`` as the one commit point (see the module's notes)."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tensors, meta = _optimizer_to_files(opt)
     model_sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    for name, obj in (("model.safetensors", model_sd), ("optimizer.safetensors", tensors)):
-        atomic_write(ckpt_dir / name, lambda tmp, obj=obj: save_file(obj, str(tmp)))
-    write_json(ckpt_dir / "state.json", {**state, "optimizer": meta}, indent=1)
+    step = int(state["step"])
+    parts = {"model": model_sd, "optimizer": tensors, **({"carried": carried} if carried else {})}
+    files = {}
+    for name, obj in parts.items():
+        files[name] = f"{name}-{step}.safetensors"
+        atomic_write(ckpt_dir / files[name], lambda tmp, obj=obj: save_file(obj, str(tmp)))
+    write_json(ckpt_dir / "state.json", {**state, "files": files, "optimizer": meta}, indent=1)
+    keep = set(files.values())
+    for old in ckpt_dir.glob("*.safetensors"):
+        if old.name not in keep and old.name.split("-")[0].split(".")[0] in ("model", "optimizer", "carried"):
+            old.unlink(missing_ok=True)
 
 
 def load_checkpoint(ckpt_dir: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    """Load model and optimiser from ``ckpt_dir`` in place; returns the run state without the optimiser."""
+    """Load model and optimiser from ``ckpt_dir`` in place; returns the run state without the
+    optimiser's metadata, with ``carried`` (the carried tensors, {} if none) and
+    ``optimizer_restored`` (False when the checkpoint has no optimiser: it starts afresh)."""
     state = json.loads((ckpt_dir / "state.json").read_text())
-    model.load_state_dict(load_file(str(ckpt_dir / "model.safetensors")))
-    opt_sd = _optimizer_from_files(load_file(str(ckpt_dir / "optimizer.safetensors")), state.pop("optimizer"))
-    opt.load_state_dict(opt_sd)
+    files = state.pop("files", LEGACY_FILES)
+    model.load_state_dict(load_file(str(ckpt_dir / files["model"])))
+    meta = state.pop("optimizer", None)
+    restored = "optimizer" in files and meta is not None and (ckpt_dir / files["optimizer"]).is_file()
+    if restored:
+        opt.load_state_dict(_optimizer_from_files(load_file(str(ckpt_dir / files["optimizer"])), meta))
+    state["carried"] = load_file(str(ckpt_dir / files["carried"])) if "carried" in files else {}
+    state["optimizer_restored"] = restored
     return state
 
 
@@ -89,9 +116,26 @@ def append_log(path: Path, record: dict[str, Any], digits: int = 5) -> None:
         f.write(json.dumps(rounded(record, digits)) + "\n")
 
 
+def truncate_log(path: Path, step: int) -> None:
+    """Drop from ``log.jsonl`` the rows of steps after ``step`` and a torn last line: what a run
+    killed after its last checkpoint logged and a resumed run will log again."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if int(row.get("step", 0)) <= step:
+            kept.append(line)
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(f"{line}\n" for line in kept)))
+
+
 def rounded(record: dict[str, Any], digits: int = 5) -> dict[str, Any]:
     """``record`` with its float values rounded to ``digits`` (log lines and cards)."""
     return {k: (round(v, digits) if isinstance(v, float) else v) for k, v in record.items()}
 
 
-__all__ = ["append_log", "checkpoint_dir", "load_checkpoint", "prepare_run_folder", "rounded", "save_checkpoint"]
+__all__ = ["LEGACY_FILES", "append_log", "checkpoint_dir", "load_checkpoint", "prepare_run_folder", "rounded", "save_checkpoint",
+           "truncate_log"]

@@ -5,9 +5,11 @@ initialised from data (:func:`init_codebook`: k-means on encoder outputs of the 
 codes unused during the last ``reseed_every`` steps (counted over all processes, in a
 :class:`CodeUsage`) are re-seeded from current encoder outputs with their Adam moments reset
 (:func:`reseed_dead_codes`), and the commitment weight is 0.25 instead of 1. The codebook stays a
-plain ``nn.Embedding`` parameter trained by the codebook loss, so the architecture and parameter
-count are the original's. :func:`code_stats` gives the codes in use and the perplexity that the
-log records.
+plain ``nn.Embedding``, so the architecture and parameter count are the original's; it learns by the
+codebook loss (the original's) or, with ``codebook_update="ema"``, as exponential moving averages
+of the encoder outputs assigned to each code (:func:`ema_update`, VQ-VAE-2's rule). :func:`code_stats`
+gives the codes in use and the perplexity that the log records. What a run carries from step to
+step (:class:`CodebookState`) is saved with its checkpoints, so a resumed run continues exactly.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import torch.distributed as dist
 
 from ..method.networks import VQVAE
 from .data import SliceBank, draw_batch
-from .distributed import Dist
+from .distributed import Dist, all_reduce
 from .settings import TrainSettings
 
 #: What the card's training record says about the remedy.
@@ -28,15 +30,30 @@ CODEBOOK_REMEDY = ("data-based initialisation (k-means++ then Lloyd on encoder o
 
 
 @dataclass
-class CodeUsage:
-    """Code counts since the last re-seeding (over all processes) and the codes re-seeded so far."""
+class CodebookState:
+    """What the codebook's training carries between steps: code counts since the last re-seeding
+    (over all processes), the codes re-seeded so far, and the EMA statistics (``ema_count`` (K,)
+    assignments and ``ema_sum`` (K, D) summed encoder outputs; None until the first EMA step)."""
 
     window: torch.Tensor  # (K,) float64 counts
     reseeded: int = 0
+    ema_count: torch.Tensor | None = None
+    ema_sum: torch.Tensor | None = None
 
     @classmethod
-    def empty(cls, n_codes: int) -> CodeUsage:
+    def empty(cls, n_codes: int) -> CodebookState:
         return cls(torch.zeros(n_codes, dtype=torch.float64))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out = {"window": self.window, "reseeded": torch.tensor([self.reseeded])}
+        if self.ema_count is not None and self.ema_sum is not None:
+            out |= {"ema_count": self.ema_count, "ema_sum": self.ema_sum}
+        return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.window = tensors["window"].double()
+        self.reseeded = int(tensors["reseeded"][0])
+        self.ema_count, self.ema_sum = tensors.get("ema_count"), tensors.get("ema_sum")
 
 
 def code_stats(counts: torch.Tensor) -> tuple[int, float]:
@@ -87,6 +104,37 @@ def init_codebook(model: VQVAE, banks: list[SliceBank], d: Dist, settings: Train
 
 
 @torch.no_grad()
+def ema_update(model: VQVAE, state: CodebookState, encodings: torch.Tensor, codes: torch.Tensor,
+               decay: float, d: Dist, eps: float = 1e-5) -> None:
+    """Move each code to the exponential moving average of the encoder outputs (B, D, L, L)
+    assigned to it (``codes`` (B, L, L)), summed over all processes, with Laplace smoothing of the
+    counts. The statistics start as if every code had been assigned its current vector an equal
+    share of one step's positions (no start-up bias, unlike zero-initialised averages)."""
+    w = model.codebook.weight
+    flat = flat_encodings(encodings)  # (N, D)
+    onehot = torch.nn.functional.one_hot(codes.flatten(), w.shape[0]).to(flat.dtype)  # (N, K)
+    count, total = all_reduce(onehot.sum(0), d), all_reduce(onehot.t() @ flat, d)  # (K,), (K, D)
+    if state.ema_count is None or state.ema_sum is None:
+        state.ema_count = torch.full_like(count, float(count.sum()) / w.shape[0])
+        state.ema_sum = w.detach().float() * state.ema_count.unsqueeze(1)
+    state.ema_count = state.ema_count.to(count).mul_(decay).add_(count, alpha=1 - decay)
+    state.ema_sum = state.ema_sum.to(total).mul_(decay).add_(total, alpha=1 - decay)
+    n = state.ema_count.sum()
+    smoothed = (state.ema_count + eps) / (n + w.shape[0] * eps) * n
+    w.data.copy_((state.ema_sum / smoothed.unsqueeze(1)).to(w))
+
+
+def restart_ema(state: CodebookState, model: VQVAE, codes: torch.Tensor) -> None:
+    """EMA statistics of re-seeded ``codes`` (K,) bool: their new vectors, with the average count."""
+    if state.ema_count is None or state.ema_sum is None or not bool(codes.any()):
+        return
+    codes = codes.to(state.ema_count.device)
+    state.ema_count[codes] = state.ema_count.mean()
+    state.ema_sum[codes] = model.codebook.weight.detach().float()[codes].to(state.ema_sum) \
+        * state.ema_count[codes].unsqueeze(1)
+
+
+@torch.no_grad()
 def reseed_dead_codes(model: VQVAE, opt: torch.optim.Optimizer, dead: torch.Tensor,
                       encodings: torch.Tensor, generator: torch.Generator, d: Dist) -> int:
     """Replace codes flagged ``dead`` (K,) by random recent encoder outputs (B, D, L, L)."""
@@ -108,5 +156,5 @@ def reseed_dead_codes(model: VQVAE, opt: torch.optim.Optimizer, dead: torch.Tens
     return n_dead
 
 
-__all__ = ["CODEBOOK_REMEDY", "CodeUsage", "code_stats", "flat_encodings", "init_codebook", "kmeans",
-           "reseed_dead_codes"]
+__all__ = ["CODEBOOK_REMEDY", "CodebookState", "code_stats", "ema_update", "flat_encodings", "init_codebook",
+           "kmeans", "reseed_dead_codes", "restart_ema"]

@@ -6,8 +6,9 @@ inference reads it, any other is converted to [0, 1], 256^3 brain or 512^3 abdom
 along the slice axis is passed through exactly the inference pipeline -- :class:`SliceGrid`,
 :func:`extract_slices`, :func:`normalise` -- and kept as a :class:`SliceBank` (one normalised
 ``size`` x ``size`` slice and one relative position per plane). Training then draws planes at
-random over the whole extent (empty planes included, because inference scores the whole extent),
-so geometry, conditioning and intensities match inference by construction.
+random over the whole extent (empty planes included, because inference scores the whole extent;
+or only planes with tissue, :func:`tissue_planes`), so geometry, conditioning and intensities match
+inference by construction; the VQ-VAE may train on random windows of them (:func:`random_crops`).
 
 Out: batches ``x`` (B, S, S) float32 and ``coord`` (B, 1) float32: random ones for training
 (:func:`draw_batch`, augmented, a pure function of (seed, rank, step) so that a resumed run draws
@@ -150,9 +151,18 @@ def load_banks(data: Path, config: RegionConfig, holdout: list[str] | None,
             [load_bank(p, config, cache_dir, shape) for p in held])
 
 
-def sample_batch(banks: list[SliceBank], batch_size: int,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random planes: a volume uniformly, then a plane uniformly over its whole extent.
+def tissue_planes(bank: SliceBank, background: float, min_fraction: float = 0.01) -> torch.Tensor:
+    """Indices of ``bank``'s planes with at least ``min_fraction`` of their pixels other than
+    ``background`` (inside the body); every plane if none has."""
+    inside = (bank.slices != background).flatten(1).float().mean(1)  # (depth,)
+    idx = torch.nonzero(inside >= min_fraction).flatten()
+    return idx if idx.numel() else torch.arange(bank.depth)
+
+
+def sample_batch(banks: list[SliceBank], batch_size: int, generator: torch.Generator,
+                 planes: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random planes: a volume uniformly, then a plane uniformly over its whole extent, or over
+    ``planes[v]`` (indices into bank ``v``, e.g. :func:`tissue_planes`) when given.
 
     Returns ``x`` (B, S, S) and ``coord`` (B, 1).
     """
@@ -160,10 +170,22 @@ def sample_batch(banks: list[SliceBank], batch_size: int,
     xs, cs = [], []
     for v in vols:
         bank = banks[v]
-        i = int(torch.randint(bank.depth, (1,), generator=generator))
+        allowed = bank.depth if planes is None else len(planes[v])
+        i = int(torch.randint(allowed, (1,), generator=generator))
+        if planes is not None:
+            i = int(planes[v][i])
         xs.append(bank.slices[i])
         cs.append(bank.positions[i])
     return torch.stack(xs), torch.stack(cs)
+
+
+def random_crops(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """One random ``size`` x ``size`` window of each slice ``x`` (B, S, S) -> (B, size, size)."""
+    n, s = x.shape[0], x.shape[-1]
+    if size > s:
+        raise ValueError(f"crop {size} is larger than the slices ({s} pixels)")
+    corner = torch.randint(s - size + 1, (n, 2), generator=generator).tolist()
+    return torch.stack([x[b, i:i + size, j:j + size] for b, (i, j) in enumerate(corner)])
 
 
 def fixed_batch(banks: list[SliceBank], n_per_volume: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,11 +205,16 @@ def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
 
 
 def draw_batch(banks: list[SliceBank], n: int, gen: torch.Generator, aug: AugmentConfig | None,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`sample_batch`, augmented when ``aug`` is given, on ``device``: ``x`` (n, S, S), ``coord`` (n, 1)."""
-    x, coord = sample_batch(banks, n, gen)
+               device: torch.device, planes: list[torch.Tensor] | None = None,
+               crop: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sample_batch` (over ``planes`` when given), augmented when ``aug`` is given, cut to
+    random ``crop`` x ``crop`` windows when ``crop`` (after augmentation, so that windows see the
+    whole slice's transforms), on ``device``: ``x`` (n, S, S) or (n, crop, crop), ``coord`` (n, 1)."""
+    x, coord = sample_batch(banks, n, gen, planes)
     if aug is not None:
         x = augment(x, gen, aug)
+    if crop:
+        x = random_crops(x, crop, gen)
     return x.to(device, non_blocking=True), coord.to(device, non_blocking=True)
 
 
@@ -212,8 +239,10 @@ __all__ = [
     "load_bank",
     "load_banks",
     "provenance",
+    "random_crops",
     "sample_batch",
     "split_files",
     "step_generator",
+    "tissue_planes",
     "volume_to_bank",
 ]

@@ -27,8 +27,10 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import RegionConfig, is_tiny
-from .checkpoints import append_log, checkpoint_dir, load_checkpoint, prepare_run_folder, rounded, save_checkpoint
-from .data import SliceBank, draw_batch, fixed_batch, load_banks, provenance, split_files, step_generator
+from .checkpoints import (append_log, checkpoint_dir, load_checkpoint, prepare_run_folder, rounded, save_checkpoint,
+                          truncate_log)
+from .data import (SliceBank, draw_batch, fixed_batch, load_banks, provenance, split_files, step_generator,
+                   tissue_planes)
 from .distributed import Dist, all_reduce, barrier, setup_distributed, teardown
 from .settings import TrainSettings, learning_rate
 from .steps import Batch
@@ -49,6 +51,9 @@ class Recipe:
     step: Callable[..., dict[str, float]]  # step(batch, ddp=, model=, opt=, d=) -> metrics
     evaluate: Callable[[nn.Module, tuple[torch.Tensor, torch.Tensor], Dist], dict[str, float]]
     export: Callable[[dict[str, Any]], None]  # writes the weights folder with this training record
+    #: what the step carries between steps besides model and optimiser (state_dict/load_state_dict),
+    #: saved with every checkpoint
+    carried: Any = None
 
 
 @dataclass
@@ -60,6 +65,8 @@ class Progress:
     cpu: float = 0.0  # this process's CPU seconds in steps, over all threads
     best: dict[str, Any] = field(default_factory=dict)  # {"step": ..., select: ...} of the exported checkpoint
     last: dict[str, Any] = field(default_factory=dict)  # latest step metrics and holdout metrics
+    #: the step from which a fresh optimiser (a resumed snapshot) re-warms its learning rate, if any
+    rewarm_from: int | None = None
 
 
 class StopFlag:
@@ -102,7 +109,8 @@ def _checkpoint(p: Progress, final: bool, *, recipe: Recipe, settings: TrainSett
     save_checkpoint(ckpt, recipe.model, opt, {"step": p.step, "elapsed_s": p.elapsed, "cpu_s": p.cpu,
                                               "config": recipe.config.to_dict(),
                                               "settings": {**asdict(settings), "tiny": run["tiny"]},
-                                              "best": p.best})
+                                              "best": p.best, "rewarm_from": p.rewarm_from},
+                    recipe.carried.state_dict() if recipe.carried is not None else None)
     if improved:
         recipe.export({**run, "steps": p.step, "elapsed_s": round(p.elapsed, 1), "cpu_s": round(p.cpu, 1),
                        "last": rounded(p.last),
@@ -131,6 +139,7 @@ def run_loop(recipe: Recipe, *, region: str, data: Path, out: Path, settings: Tr
     train_banks, hold_banks = load_banks(data, config, holdout, cache_dir,
                                          tuple(volume_shape) if volume_shape else None)
     aug = config.augmentation if settings.augment else None
+    planes = [tissue_planes(b, config.background) for b in train_banks] if settings.planes == "tissue" else None
 
     model.to(d.device)
     if settings.channels_last:
@@ -143,7 +152,12 @@ def run_loop(recipe: Recipe, *, region: str, data: Path, out: Path, settings: Tr
             raise ValueError(f"{ckpt}: checkpoint was trained with another architecture "
                              f"(tiny={state['settings'].get('tiny')}); use the same settings")
         p = Progress(step=int(state["step"]), elapsed=float(state["elapsed_s"]),
-                     cpu=float(state.get("cpu_s", 0.0)), best=state.get("best", {}))
+                     cpu=float(state.get("cpu_s", 0.0)), best=state.get("best", {}),
+                     rewarm_from=state.get("rewarm_from") if state["optimizer_restored"] else int(state["step"]))
+        if recipe.carried is not None and state["carried"]:
+            recipe.carried.load_state_dict(state["carried"])
+        if d.master:
+            truncate_log(ckpt / "log.jsonl", p.step)  # rows of steps after the checkpoint are replayed
         model.to(d.device)
     else:
         recipe.init(train_banks, d)
@@ -170,11 +184,12 @@ def run_loop(recipe: Recipe, *, region: str, data: Path, out: Path, settings: Tr
         with StopFlag() as flag:
             while p.step < settings.steps and not flag.stop:
                 t0, c0 = time.perf_counter(), time.process_time()
-                lr = learning_rate(p.step, settings.lr, settings.warmup, settings.schedule, settings.steps)
+                lr = learning_rate(p.step, settings.lr, settings.warmup, settings.schedule, settings.steps,
+                                   p.rewarm_from)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 gen = step_generator(settings.seed, d.rank, p.step)
-                x, coord = draw_batch(train_banks, per_rank, gen, aug, d.device)  # (B, S, S), (B, 1)
+                x, coord = draw_batch(train_banks, per_rank, gen, aug, d.device, planes, settings.crop)  # (B, S, S), (B, 1)
                 model.train()
                 metrics = recipe.step(Batch(x, coord, p.step, gen), ddp=ddp, model=model, opt=opt, d=d)
                 p.step += 1

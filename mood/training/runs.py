@@ -21,7 +21,7 @@ import torch
 from ..config import RegionConfig, is_tiny
 from ..method.networks import VQVAE, PixelSNAIL
 from ..method.weights import Card, load_prior, load_vqvae, read_card
-from .codebook import CodeUsage, init_codebook
+from .codebook import CodebookState, init_codebook
 from .data import SliceBank, default_cache
 from .distributed import Dist
 from .export import checked_card, save_trained_prior, save_trained_vqvae
@@ -56,13 +56,19 @@ def train_vqvae(region: str, data: Path, out: Path, *, settings: TrainSettings |
     """
     config = model_config(region, tiny, width)
     settings = with_overrides(settings, overrides)
+    levels = len(config.vqvae.channels) - 1
+    if settings.crop % 2**levels:
+        raise ValueError(f"crop {settings.crop} is not a multiple of {2**levels}, the VQ-VAE's downsampling")
     torch.manual_seed(settings.seed)  # identical initial weights on every process
     model = VQVAE(config.vqvae)
+    # an EMA codebook is not the optimiser's: the loop's Adam takes only parameters that need gradients
+    model.codebook.weight.requires_grad_(settings.codebook_update == "loss")
+    codebook = CodebookState.empty(config.vqvae.n_codes)
     out = Path(out)
     recipe = Recipe(
         kind="vqvae", config=config, model=model, select="recon",
         init=partial(_start, model=model, settings=settings, init_from=init_from, config=config, load=load_vqvae),
-        step=partial(vqvae_step, settings=settings, usage=CodeUsage.empty(config.vqvae.n_codes)),
+        step=partial(vqvae_step, settings=settings, codebook=codebook), carried=codebook,
         evaluate=partial(evaluate_vqvae, settings=settings, background=config.background),
         export=partial(save_trained_vqvae, out=out, config=config, model=model, init_from=init_from))
     return run_loop(recipe, region=region, data=data, out=out, settings=settings, holdout=holdout, resume=resume,
@@ -90,6 +96,8 @@ def train_prior(region: str, data: Path, out: Path, *, vqvae: Path, settings: Tr
     if tiny != is_tiny(config):
         raise ValueError(f"tiny={tiny} disagrees with the VQ-VAE in {vqvae}")
     settings = with_overrides(settings, overrides)
+    if settings.crop:
+        raise ValueError("crop applies to the VQ-VAE; the prior learns whole slices' code grids")
     torch.manual_seed(settings.seed)
     vq = load_vqvae(vqvae, vq_card)
     for p in vq.parameters():

@@ -14,6 +14,13 @@ from typing import Any
 from ..config import RegionConfig, narrow, region_preset, tiny_preset
 
 
+SCHEDULES = ("constant", "cosine")
+CODEBOOK_UPDATES = ("loss", "ema")
+PLANES = ("all", "tissue")
+#: steps over which a fresh optimiser re-warms when a run resumes without its moments (at least)
+REWARM_STEPS = 100
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """Everything that defines a training run besides the data and the architecture."""
@@ -26,10 +33,21 @@ class TrainSettings:
     schedule: str = "constant"
     grad_clip: float = 1.0  # clip by value, as the original
     commitment: float = 0.25
+    #: how the codebook learns: "loss" (a parameter trained by the codebook loss, the original's) or
+    #: "ema" (each code the exponential moving average of the encoder outputs assigned to it, decay
+    #: ``ema_decay``, as in VQ-VAE-2; no codebook loss)
+    codebook_update: str = "loss"
+    ema_decay: float = 0.99
     kmeans_batches: int = 4
     kmeans_iters: int = 20
     reseed_every: int = 25
     augment: bool = True
+    #: which planes training draws: "all" (the whole extent, as inference scores it) or "tissue"
+    #: (only planes with at least 1 % of their pixels inside the body)
+    planes: str = "all"
+    #: train the VQ-VAE on random ``crop`` x ``crop`` windows of the slices (0: whole slices); the
+    #: networks are convolutional, so they still encode and score whole slices
+    crop: int = 0
     eval_slices: int = 16  # per holdout volume
     ckpt_every: int = 100
     log_every: int = 10
@@ -44,8 +62,14 @@ class TrainSettings:
     #: stop (with a checkpoint) after this many seconds of this invocation, whatever ``steps`` says
     time_limit: float | None = None
 
-
-SCHEDULES = ("constant", "cosine")
+    def __post_init__(self) -> None:
+        for name, allowed in (("schedule", SCHEDULES), ("codebook_update", CODEBOOK_UPDATES), ("planes", PLANES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        if self.crop < 0:
+            raise ValueError(f"crop must be 0 (whole slices) or a window size in pixels, not {self.crop}")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in (0, 1), not {self.ema_decay}")
 
 
 def with_overrides(settings: TrainSettings | None, overrides: dict[str, Any]) -> TrainSettings:
@@ -57,17 +81,24 @@ def with_overrides(settings: TrainSettings | None, overrides: dict[str, Any]) ->
     return replace(settings or TrainSettings(), **overrides)
 
 
-def learning_rate(step: int, base: float, warmup: int, schedule: str = "constant", steps: int = 0) -> float:
+def learning_rate(step: int, base: float, warmup: int, schedule: str = "constant", steps: int = 0,
+                  rewarm_from: int | None = None) -> float:
     """Learning rate at ``step``: an optional linear warm-up, then constant (the original's) or a
-    cosine decay to a tenth of ``base`` at ``steps``."""
+    cosine decay to a tenth of ``base`` at ``steps``; when ``rewarm_from`` is given (a fresh
+    optimiser resumed mid-run), warmed up again over ``max(warmup, 100)`` steps from there, so that
+    Adam's moments settle before full steps."""
     if warmup > 0 and step < warmup:
-        return base * (step + 1) / warmup
-    if schedule == "constant":
-        return base
-    if schedule == "cosine":
+        lr = base * (step + 1) / warmup
+    elif schedule == "constant":
+        lr = base
+    elif schedule == "cosine":
         t = min(1.0, (step - warmup) / max(1, steps - warmup))
-        return base * (0.1 + 0.45 * (1 + math.cos(math.pi * t)))
-    raise ValueError(f"unknown learning-rate schedule {schedule!r}; expected {' or '.join(SCHEDULES)}")
+        lr = base * (0.1 + 0.45 * (1 + math.cos(math.pi * t)))
+    else:
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}; expected {' or '.join(SCHEDULES)}")
+    if rewarm_from is not None and step >= rewarm_from:
+        lr *= min(1.0, (step - rewarm_from + 1) / max(warmup, REWARM_STEPS))
+    return lr
 
 
 def model_config(region: str, tiny: bool = False, width: float = 1.0) -> RegionConfig:
@@ -76,4 +107,4 @@ def model_config(region: str, tiny: bool = False, width: float = 1.0) -> RegionC
     return narrow(tiny_preset(region) if tiny else region_preset(region), width)
 
 
-__all__ = ["SCHEDULES", "TrainSettings", "learning_rate", "model_config", "with_overrides"]
+__all__ = ["CODEBOOK_UPDATES", "PLANES", "SCHEDULES", "TrainSettings", "learning_rate", "model_config", "with_overrides"]

@@ -3,9 +3,10 @@
 In: a :class:`Batch` (slices ``x`` (B, S, S), positions ``coord`` (B, 1), the step index and its
 generator), the model, its DDP wrapper and optimiser, and the :class:`TrainSettings`. Out: the
 step's metrics (a dict of floats that the loop logs). Whatever a step carries over to the next is
-passed in explicitly (the VQ-VAE's :class:`CodeUsage`; the prior's frozen VQ-VAE).
+passed in explicitly (the VQ-VAE's :class:`CodebookState`; the prior's frozen VQ-VAE).
 
-- :func:`vqvae_step`: L1 reconstruction + codebook + commitment loss, then codebook health;
+- :func:`vqvae_step`: L1 reconstruction + commitment (+ codebook) loss, then the codebook's EMA
+  update (``codebook_update="ema"``) and codebook health;
 - :func:`prior_step`: cross-entropy of the prior on the frozen VQ-VAE's codes;
 - :func:`evaluate_vqvae`, :func:`evaluate_prior`: the holdout metrics (eval mode, no gradients).
 """
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..method.networks import VQVAE, PixelSNAIL, vq_losses
-from .codebook import CodeUsage, code_stats, reseed_dead_codes
+from .codebook import CodebookState, code_stats, ema_update, reseed_dead_codes, restart_ema
 from .data import chunks
 from .distributed import Dist, all_reduce
 from .settings import TrainSettings
@@ -48,27 +49,33 @@ def _optimise(loss: torch.Tensor, model: nn.Module, opt: torch.optim.Optimizer, 
 
 
 def vqvae_step(batch: Batch, *, ddp: nn.Module, model: VQVAE, opt: torch.optim.Optimizer, d: Dist,
-               settings: TrainSettings, usage: CodeUsage) -> dict[str, float]:
+               settings: TrainSettings, codebook: CodebookState) -> dict[str, float]:
     """One VQ-VAE step; every ``reseed_every`` steps, codes unused since the last re-seeding
-    (``usage``, updated in place) are re-seeded."""
+    (``codebook``, updated in place) are re-seeded. With ``codebook_update="ema"`` the codebook is
+    not trained by a loss (its term is logged, not optimised) but moved to the running averages."""
     with _autocast(settings, d):
         recon, q = ddp(batch.x, batch.coord)
     q = q._replace(encodings=q.encodings.float())  # losses and codebook re-seeding in float32
     losses = vq_losses(batch.x, recon.float().contiguous(), q, model.codebook.weight, settings.commitment)
-    loss = sum(losses.values())
+    ema = settings.codebook_update == "ema"
+    loss = sum(v for k, v in losses.items() if not (ema and k == "codebook"))
     _optimise(loss, model, opt, settings)
+    if ema:
+        ema_update(model, codebook, q.encodings, q.codes, settings.ema_decay, d)
     counts = torch.bincount(q.codes.flatten(), minlength=model.config.n_codes).double()
     counts = all_reduce(counts, d).cpu()  # (K,) over all processes
-    usage.window = usage.window.to(counts) + counts
+    codebook.window = codebook.window.to(counts) + counts
     used, ppl = code_stats(counts)
     reseeded = 0
     if settings.reseed_every and (batch.step + 1) % settings.reseed_every == 0:
-        reseeded = reseed_dead_codes(model, opt, (usage.window == 0).to(d.device), q.encodings, batch.gen, d)
-        usage.reseeded += reseeded
-        usage.window = torch.zeros_like(usage.window)
+        dead = (codebook.window == 0).to(d.device)
+        reseeded = reseed_dead_codes(model, opt, dead, q.encodings, batch.gen, d)
+        restart_ema(codebook, model, dead)
+        codebook.reseeded += reseeded
+        codebook.window = torch.zeros_like(codebook.window)
     terms = {k: float(v.detach()) for k, v in losses.items()}
     return {"loss": float(loss.detach()), **terms, "codes_used": used, "perplexity": ppl,
-            "reseeded": reseeded, "reseeded_total": usage.reseeded}
+            "reseeded": reseeded, "reseeded_total": codebook.reseeded}
 
 
 def codes_of(vq: VQVAE, x: torch.Tensor, coord: torch.Tensor) -> torch.Tensor:
