@@ -161,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=1.0,
                    help="(vqvae) scale every VQ-VAE channel count, e.g. 0.5 for a narrower, faster model "
                         "(default: 1, the original architecture)")
+    p.add_argument("--prior-channels", type=_positive_int, default=None,
+                   help="(prior) channels of the PixelSNAIL (default: the region's, 128)")
+    p.add_argument("--prior-blocks", type=_positive_int, default=None,
+                   help="(prior) PixelSNAIL blocks (default: the region's, 4)")
     p.add_argument("--schedule", choices=SCHEDULES, default=TRAIN.schedule,
                    help="learning rate after the warm-up: constant (the original's) or a cosine decay to "
                         f"lr/10 at --steps (default: {TRAIN.schedule})")
@@ -271,6 +275,8 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             parser.error("--crop applies to the VQ-VAE; the prior learns whole slices' code grids")
         if args.vqvae is None:
             parser.error("training the prior needs --vqvae DIR (the trained VQ-VAE's weights)")
+    if args.command == "train" and args.model == "vqvae" and (args.prior_channels or args.prior_blocks):
+        parser.error("--prior-channels and --prior-blocks apply to the prior")
     if args.command != "validate" and args._extra:
         parser.error(f"unrecognized arguments after '--': {' '.join(args._extra)} (only validate takes them)")
 
@@ -350,7 +356,8 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.model == "vqvae":
         out = train_vqvae(args.region, args.data, args.out, width=args.width, **common)
     else:
-        out = train_prior(args.region, args.data, args.out, vqvae=args.vqvae, **common)
+        out = train_prior(args.region, args.data, args.out, vqvae=args.vqvae, prior_channels=args.prior_channels,
+                          prior_blocks=args.prior_blocks, **common)
     print(f"weights written to {out}", file=sys.stderr)
     return 0
 

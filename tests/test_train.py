@@ -214,11 +214,13 @@ def test_vqvae_and_prior_train_resume_and_load(heads, tmp_path):
     steps = [r["step"] for r in log2 if "loss" in r]
     assert steps[-1] == 23 and max(steps[:len(log)]) == 20
     assert json.loads((out / "train" / "vqvae" / "state.json").read_text())["step"] == 23
-    # the checkpoint format that every version reads and resumes: names and keys unchanged
+    # the checkpoint: tensor files named by their step, state.json naming them (the commit point)
     assert sorted(p.name for p in (out / "train" / "vqvae").iterdir()) == [
-        "log.jsonl", "model.safetensors", "optimizer.safetensors", "state.json"]
+        "carried-23.safetensors", "log.jsonl", "model-23.safetensors", "optimizer-23.safetensors", "state.json"]
     state = json.loads((out / "train" / "vqvae" / "state.json").read_text())
-    assert sorted(state) == ["best", "config", "cpu_s", "elapsed_s", "optimizer", "settings", "step"]
+    assert sorted(state) == ["best", "config", "cpu_s", "elapsed_s", "files", "optimizer", "rewarm_from",
+                             "settings", "step"]
+    assert state["rewarm_from"] is None
     assert sorted(state["optimizer"]) == ["param_groups", "scalars", "shapes"]
     assert {"step", "lr", "loss", "recon", "codebook", "commit", "codes_used", "perplexity", "reseeded",
             "reseeded_total", "step_s", "elapsed_s", "cpu_s"} == set(log[0])

@@ -53,13 +53,14 @@ def save_trained_vqvae(info: dict[str, Any], *, out: Path, config: RegionConfig,
     save_models(out, card, model, None)
 
 
-def save_trained_prior(info: dict[str, Any], *, out: Path, vq_card: Card, vq: VQVAE, vqvae: Path,
-                       model: PixelSNAIL, init_from: Path | None) -> None:
-    """``out``: both models, the VQ-VAE's card info kept, ``training.prior`` = ``info``; calibration reset."""
+def save_trained_prior(info: dict[str, Any], *, out: Path, config: RegionConfig, vq_card: Card, vq: VQVAE,
+                       vqvae: Path, model: PixelSNAIL, init_from: Path | None) -> None:
+    """``out``: both models (architecture ``config``), the VQ-VAE's card info kept, ``training.prior``
+    = ``info``; calibration reset."""
     if init_from is not None:
         info = {**info, "init_from": init_note(init_from, "prior")}
     vq_info = vq_card.info.get("training", {}).get("vqvae", {})
-    card = Card(config=vq_card.config, info={
+    card = Card(config=config, info={
         **vq_card.info, "training": {"vqvae": vq_info, "prior": {**info, "vqvae_from": weights_note(vqvae, "vqvae")}}})
     save_models(out, card, vq, model)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..config import RegionConfig, is_tiny
+from ..config import RegionConfig, is_tiny, resize_prior
 from ..method.networks import VQVAE, PixelSNAIL
 from ..method.weights import Card, load_prior, load_vqvae, read_card
 from .codebook import CodebookState, init_codebook
@@ -80,21 +80,22 @@ def train_prior(region: str, data: Path, out: Path, *, vqvae: Path, settings: Tr
                 holdout: list[str] | None = None, resume: bool = False, tiny: bool = False,
                 device: str = "auto", threads: int | None = None, cache_dir: Path | None = None,
                 volume_shape: tuple[int, int, int] | None = None, init_from: Path | None = None,
-                **overrides: Any) -> Path:
+                prior_channels: int | None = None, prior_blocks: int | None = None, **overrides: Any) -> Path:
     """Train the PixelSNAIL prior on the codes of the frozen VQ-VAE in weights dir ``vqvae``.
 
     Settings as for :func:`train_vqvae`. The architecture comes from ``vqvae``'s card (``tiny``
-    must agree with it). ``out`` becomes a complete weights directory (both models; calibration
-    reset) plus ``train/prior/``, exported whenever the holdout NLL improves. ``init_from``: a
-    weights folder whose prior to start from (it must have been trained on this VQ-VAE's codes to
-    be of use).
+    must agree with it), the prior's channels and blocks replaced by ``prior_channels`` and
+    ``prior_blocks`` when given (:func:`mood.config.resize_prior`). ``out`` becomes a complete
+    weights directory (both models; calibration reset) plus ``train/prior/``, exported whenever the
+    holdout NLL improves. ``init_from``: a weights folder whose prior to start from (it must have
+    been trained on this VQ-VAE's codes to be of use).
     """
     vq_card = read_card(vqvae)
-    config = vq_card.config
-    if config.region != region:
-        raise ValueError(f"{vqvae} holds a {config.region} VQ-VAE, not {region}")
-    if tiny != is_tiny(config):
+    if vq_card.config.region != region:
+        raise ValueError(f"{vqvae} holds a {vq_card.config.region} VQ-VAE, not {region}")
+    if tiny != is_tiny(vq_card.config):
         raise ValueError(f"tiny={tiny} disagrees with the VQ-VAE in {vqvae}")
+    config = resize_prior(vq_card.config, prior_channels, prior_blocks)
     settings = with_overrides(settings, overrides)
     if settings.crop:
         raise ValueError("crop applies to the VQ-VAE; the prior learns whole slices' code grids")
@@ -109,7 +110,7 @@ def train_prior(region: str, data: Path, out: Path, *, vqvae: Path, settings: Tr
         init=partial(_start, model=model, settings=settings, init_from=init_from, config=config, load=load_prior),
         step=partial(prior_step, settings=settings, vq=vq),
         evaluate=partial(evaluate_prior, settings=settings, vq=vq),
-        export=partial(save_trained_prior, out=out, vq_card=vq_card, vq=vq, vqvae=vqvae, model=model,
+        export=partial(save_trained_prior, out=out, config=config, vq_card=vq_card, vq=vq, vqvae=vqvae, model=model,
                        init_from=init_from))
     return run_loop(recipe, region=region, data=data, out=out, settings=settings, holdout=holdout, resume=resume,
                     threads=threads, device=device, cache_dir=cache_dir or default_cache(out),
