@@ -9,7 +9,9 @@ it twice through the package's command line, exactly as the challenge's metric r
   ``|x - decode(encode(x))|`` per voxel, its mean per volume),
 
 and writes a JSON report, one picture per method of the anomalous case with the largest anomaly,
-and (``--card``) the numbers into the weights card under ``info.validation.held_out``. Besides the
+one picture of what the networks make of held-out slices (input, reconstruction, one restoration,
+the LSR pixel map, the label outlined: two planes of that case and one of a normal case,
+:mod:`mood.validation.stages`), and (``--card``) the numbers into the weights card under ``info.validation.held_out``. Besides the
 whole set, both tasks are scored per anomaly kind and per anomaly size (changed voxels), each
 group's anomalous cases with all the normal ones: what the challenge's score would be if every
 anomaly were of that kind or size. With a dozen cases a group holds one to four of them, so read
@@ -33,10 +35,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from mood.config import METHODS, region_preset  # noqa: E402
+from mood.method.detector import Detector  # noqa: E402
+from mood.validation.stages import Row, draw_stages, planes_to_draw  # noqa: E402
 from mood.validation.show import show  # noqa: E402
 from mood.validation.toy import MANIFEST, make_toy  # noqa: E402
 from mood.validation.validate import validate  # noqa: E402
-from mood.volumes.volume_io import write_json  # noqa: E402
+from mood.volumes.volume_io import load_volume, write_json  # noqa: E402
 from mood.method.weights import read_card, write_card  # noqa: E402
 
 METRICS = ("ap", "auroc", "best_dice")
@@ -104,6 +108,23 @@ def group_table(methods: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def stages_picture(region: str, weights: Path, region_dir: Path, pred: Path, cases: dict[str, dict],
+                   png: Path) -> Path:
+    """:func:`mood.validation.stages.draw_stages` of the largest anomaly's two fullest planes and the
+    middle plane of the first normal case, with the LSR pixel maps in ``pred``."""
+    anomalous = largest_anomaly(cases)
+    normal = next((n for n, c in sorted(cases.items()) if c["kind"] is None), None)
+    rows = []
+    for name in [anomalous] + ([normal] if normal else []):
+        label = load_volume(region_dir / "toy_label" / "pixel" / name).data > 0.5
+        for plane in planes_to_draw(label, 2 if name == anomalous else 1):
+            rows.append(Row(name=f"{name.split('.nii')[0]} ({cases[name]['kind'] or 'normal'})",
+                            volume=load_volume(region_dir / "toy" / name).data,
+                            scores=load_volume(pred / name).data, label=label, plane=plane))
+    det = Detector.load(region, weights, device="cpu")
+    return draw_stages(det, rows, png, title=f"{region}: held-out slices through the networks")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--region", required=True, choices=("brain", "abdom"))
@@ -120,7 +141,10 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("runs/validation"))
     ap.add_argument("--card", action="store_true", help="write the numbers into the weights card")
     ap.add_argument("--picture-dir", type=Path, default=None,
-                    help="also copy the two pictures here (e.g. docs/weights)")
+                    help="also copy the pictures here (e.g. docs/weights)")
+    ap.add_argument("--picture-prefix", default=None,
+                    help="file names of the copies: PREFIX_<lsr|reconstruction|stages>.png "
+                         "(default: <region>_heldout)")
     args = ap.parse_args()
 
     card = read_card(args.weights)
@@ -159,15 +183,19 @@ def main() -> int:
              label=region_dir / "toy_label" / "pixel" / case,
              title=f"{args.region} {method}: {case} ({manifest_case['kind']} in {manifest_case['source']})")
         pictures[method] = png
+    if "lsr" in args.methods:
+        pictures["stages"] = stages_picture(args.region, args.weights, region_dir,
+                                            args.work / "pred" / "lsr" / args.region / "pixel",
+                                            report["cases"], args.work / f"{args.region}_stages.png")
     report["seconds"] = round(time.perf_counter() - start, 1)
     out_json = args.work / f"{args.region}_validation.json"
     write_json(out_json, report)
 
     if args.picture_dir is not None:
         args.picture_dir.mkdir(parents=True, exist_ok=True)
-        for method, png in pictures.items():
-            pictures[method] = args.picture_dir / f"{args.region}_heldout_{method}.png"
-            compact_png(png, pictures[method])
+        for what, png in pictures.items():
+            pictures[what] = args.picture_dir / f"{args.picture_prefix or args.region + '_heldout'}_{what}.png"
+            compact_png(png, pictures[what])
     kinds = sorted({c["kind"] or "normal" for c in report["cases"].values()})
     summary = {
         "command": " ".join(["python scripts/validate_weights.py", *sys.argv[1:]]),

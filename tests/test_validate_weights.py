@@ -41,6 +41,8 @@ def test_validate_weights_writes_both_methods_into_the_card(tmp_path, sources):
             assert numbers["n_cases"] == 4 and 0.0 <= numbers["ap"] <= 1.0
             assert numbers["ap"] == report["methods"][method][task]["ap"]
         assert Path(held_out["pictures"][method]).stat().st_size > 10_000
+    assert held_out["pictures"]["stages"] == str(tmp_path / "pics" / "brain_heldout_stages.png")
+    assert Path(held_out["pictures"]["stages"]).stat().st_size > 10_000
     assert sorted(c["source"] for c in report["cases"].values()) == ["head0.nii.gz"] * 2 + ["head1.nii.gz"] * 2
     assert sum(c["kind"] is None for c in report["cases"].values()) == 1  # a quarter are normal
     # per kind and size: each group's anomalous cases with the normal one

@@ -110,8 +110,8 @@ def prepare_run_folder(out: Path, kind: str, resume: bool) -> Path:
     return ckpt
 
 
-def append_log(path: Path, record: dict[str, Any], digits: int = 5) -> None:
-    """One line of ``log.jsonl``: ``record`` with its floats rounded to ``digits``."""
+def append_log(path: Path, record: dict[str, Any], digits: int = 6) -> None:
+    """One line of ``log.jsonl``: ``record`` with its floats rounded to ``digits`` significant digits."""
     with open(path, "a") as f:
         f.write(json.dumps(rounded(record, digits)) + "\n")
 
@@ -132,9 +132,10 @@ def truncate_log(path: Path, step: int) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text("".join(f"{line}\n" for line in kept)))
 
 
-def rounded(record: dict[str, Any], digits: int = 5) -> dict[str, Any]:
-    """``record`` with its float values rounded to ``digits`` (log lines and cards)."""
-    return {k: (round(v, digits) if isinstance(v, float) else v) for k, v in record.items()}
+def rounded(record: dict[str, Any], digits: int = 6) -> dict[str, Any]:
+    """``record`` with its float values rounded to ``digits`` significant digits (log lines and
+    cards): a warm-up's learning rate of 1e-6 keeps its value, a CPU time of hours its seconds."""
+    return {k: (float(f"{v:.{digits}g}") if isinstance(v, float) else v) for k, v in record.items()}
 
 
 __all__ = ["LEGACY_FILES", "append_log", "checkpoint_dir", "load_checkpoint", "prepare_run_folder", "rounded", "save_checkpoint",

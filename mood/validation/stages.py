@@ -1,0 +1,105 @@
+"""A picture of what the networks make of held-out slices: the check that numbers alone do not give.
+
+In: a :class:`mood.method.detector.Detector`, and rows of (volume, voxel scores, label) of held-out
+cases with the planes to draw. Out: one PNG, a row per plane, in the networks' own frame (the
+normalised ``size`` x ``size`` slice that the VQ-VAE encodes, a0 down, a1 across):
+
+    input (label outlined) | reconstruction decode(encode(x)) | one restoration | pixel map (label outlined)
+
+A reconstruction that does not look like the input explains every AP that follows from it; a
+restoration shows what the prior put in place of the codes it found unlikely.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..method.detector import Detector, Slices
+from ..method.slicing import SliceGrid, extract_slices, normalise
+from .show import _ensure_mpl_config
+
+COLUMNS = ("input, label outlined", "reconstruction", "one restoration", "pixel map, label outlined")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One plane ``plane`` (along a2) of a case: its volume, voxel scores and label (a0, a1, a2)."""
+
+    name: str
+    volume: np.ndarray
+    scores: np.ndarray
+    label: np.ndarray
+    plane: int
+
+
+def planes_to_draw(label: np.ndarray, n: int) -> list[int]:
+    """The ``n`` planes (along a2) with the most label voxels, or the middle plane of a normal case."""
+    area = label.reshape(-1, label.shape[2]).sum(0)
+    best = [int(k) for k in np.argsort(-area, kind="stable")[:n] if area[k] > 0]
+    return sorted(best) or [label.shape[2] // 2]
+
+
+def _plane(volume: np.ndarray, plane: int, size: int) -> np.ndarray:
+    """One a2 plane of ``volume`` resampled as the detector resamples slices: (size, size)."""
+    t = torch.as_tensor(np.ascontiguousarray(volume), dtype=torch.float32)
+    return extract_slices(t, SliceGrid(tuple(volume.shape), (plane,)), size)[0].numpy()
+
+
+@torch.no_grad()
+def stage_images(det: Detector, row: Row, seed: int = 0) -> dict[str, np.ndarray]:
+    """The four images of ``row`` (each (size, size)) and the label plane, as the detector computes them."""
+    size = det.config.vqvae.image_size
+    vol = torch.as_tensor(np.ascontiguousarray(row.volume), dtype=torch.float32, device=det.device)
+    grid = SliceGrid(tuple(row.volume.shape), (row.plane,))
+    # the whole volume's statistics normalise the plane, as at inference
+    one = Slices(x=normalise(extract_slices(vol, grid, size), vol, det.config),
+                 coord=grid.positions.to(det.device), grid=grid)
+    codes = det.encode(one)
+    return {"input": one.x[0].cpu().numpy(),
+            "reconstruction": det.decode(codes, one.coord)[0].cpu().numpy(),
+            "restoration": det.restorations(one, codes, 1, seed)[0, 0].cpu().numpy(),
+            "pixel": _plane(row.scores, row.plane, size),
+            "label": _plane(row.label.astype(np.float32), row.plane, size)}
+
+
+def draw_stages(det: Detector, rows: list[Row], png: Path, title: str, seed: int = 0) -> Path:
+    """Draw ``rows`` (see the module's notes) into ``png``; returns its path."""
+    _ensure_mpl_config()
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4 * 2.4, len(rows) * 2.5 + 0.5), dpi=100)
+    fig.patch.set_facecolor("black")
+    for r, row in enumerate(rows):
+        im = stage_images(det, row, seed)
+        lo, hi = np.percentile(im["input"], [0.5, 99.5])
+        hi = hi if hi > lo else lo + 1.0
+        panels = (("input", "gray", lo, hi), ("reconstruction", "gray", lo, hi),
+                  ("restoration", "gray", lo, hi), ("pixel", "inferno", 0.0, max(1e-6, float(im["pixel"].max()))))
+        for c, (key, cmap, vmin, vmax) in enumerate(panels):
+            ax = fig.add_subplot(len(rows), 4, r * 4 + c + 1)
+            ax.imshow(im[key], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+            if key in ("input", "pixel") and im["label"].max() > 0.5:
+                ax.contour(im["label"], levels=[0.5], colors="cyan", linewidths=0.8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(COLUMNS[c], color="white", fontsize=8)
+            if c == 0:
+                ax.text(0.02, 0.02, f"{row.name} z={row.plane}", color="yellow", fontsize=7, transform=ax.transAxes)
+            if c == 3:
+                ax.text(0.98, 0.02, f"max {im['pixel'].max():.2f}", color="white", fontsize=7, ha="right",
+                        transform=ax.transAxes)
+    fig.suptitle(f"{title}  (the networks' frame: normalised slice, a0 down, a1 across)", color="white",
+                 fontsize=9)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.5 / (len(rows) * 2.5 + 0.5),
+                        wspace=0.03, hspace=0.05)
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, facecolor="black")
+    return png
+
+
+__all__ = ["COLUMNS", "Row", "draw_stages", "planes_to_draw", "stage_images"]
