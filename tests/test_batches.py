@@ -63,6 +63,15 @@ def test_stream_refuses_an_empty_batch():
         BatchStream(_banks(), 0, None, torch.device("cpu"), seed=0)
 
 
+def test_stream_mixes_no_cpu_tensor_into_another_devices_batch():
+    """On PyTorch's meta device (shapes only), as on a GPU, a CPU tensor that meets the batch raises."""
+    with BatchStream(_banks(), 6, AUG, torch.device("meta"), seed=0, prefetch=True) as stream:
+        for step in range(2):
+            gen, x, coord = stream(step)
+            assert x.device.type == "meta" and x.shape == (6, S, S) and coord.shape == (6, 1)
+            assert gen.device.type == "cpu"  # every random number from the CPU generator
+
+
 @pytest.mark.gpu
 def test_stream_on_a_gpu_matches_the_cpu_up_to_rounding():
     banks = _banks()
