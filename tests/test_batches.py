@@ -65,10 +65,13 @@ def test_stream_refuses_an_empty_batch():
 
 def test_stream_mixes_no_cpu_tensor_into_another_devices_batch():
     """On PyTorch's meta device (shapes only), as on a GPU, a CPU tensor that meets the batch raises."""
-    with BatchStream(_banks(), 6, AUG, torch.device("meta"), seed=0, prefetch=True) as stream:
+    banks = _banks()
+    planes = [tissue_planes(b, AUG.background) for b in banks]
+    with BatchStream(banks, 6, AUG, torch.device("meta"), seed=0, prefetch=True, planes=planes,
+                     crop=S // 2) as stream:
         for step in range(2):
             gen, x, coord = stream(step)
-            assert x.device.type == "meta" and x.shape == (6, S, S) and coord.shape == (6, 1)
+            assert x.device.type == "meta" and x.shape == (6, S // 2, S // 2) and coord.shape == (6, 1)
             assert gen.device.type == "cpu"  # every random number from the CPU generator
 
 
