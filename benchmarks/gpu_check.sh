@@ -6,6 +6,8 @@
 # .whl/ when pip cannot reach an index), then runs benchmarks/gpu_check.py, which writes
 # $OUT/gpu_check.md and $OUT/gpu_check.json. Commit the table into benchmarks/RESULTS.md.
 # Before spending device time, run the same code on the CPU: python benchmarks/gpu_check.py --dry-run
+# A call from a checkout that tracks the shipped weight shards is refused (over 64 MiB): see
+# docs/gpu.md, whose one call (scripts/device_run.sh) also runs this check when time is left.
 set -eu
 OUT="${OUT:-$PWD/gpu-out}"
 mkdir -p "$OUT"

@@ -11,6 +11,8 @@
 # /tmp/mood-train-<region>), outside $OUT, because optimiser checkpoints exceed 16 MiB; the loss
 # logs are copied to $OUT/<region>-logs/. Budget (seconds of training, each model): $VQ_SECONDS
 # (default 240) and $PRIOR_SECONDS (default 210); conversion and calibration take the rest.
+# Forward passes run under bfloat16 autocast (BF16=1, the default; BF16=0: float32). Each model's
+# line "<model>: N steps of B slices ..." says how far it got and how fast.
 set -eu
 
 REGION="${1:?usage: OUT=DIR scripts/train_gpu.sh brain|abdom [DATA_DIR]}"
@@ -22,6 +24,7 @@ PRIOR_SECONDS="${PRIOR_SECONDS:-210}"
 BATCH="${BATCH:-64}"
 DEVICE="${DEVICE:-cuda}"  # DEVICE=cpu TINY=1 VQ_SECONDS=5 PRIOR_SECONDS=5: a smoke test of this script
 TINY="${TINY:-0}"
+BF16="${BF16:-1}"
 case "$REGION" in
   # One individual adult, not a template (a template is an average: too easy a holdout), as in the
   # CPU campaign (docs/weights/campaign.md), so that both calibrate on the same kind of scan.
@@ -48,22 +51,30 @@ export MOOD_CACHE="$WORK/cache" PYTHONUNBUFFERED=1
 
 # 1. VQ-VAE (codebook: k-means init + dead-code re-seeding + commitment 0.25), then 2. prior on its
 # frozen codes; both resumable (re-running this script continues from $WORK).
-"$PY" - "$REGION" "$DATA" "$WORK" "$HOLDOUT" "$BATCH" "$VQ_SECONDS" "$PRIOR_SECONDS" "$DEVICE" "$TINY" <<'PYEOF'
-import sys, time
+"$PY" - "$REGION" "$DATA" "$WORK" "$HOLDOUT" "$BATCH" "$VQ_SECONDS" "$PRIOR_SECONDS" "$DEVICE" "$TINY" "$BF16" <<'PYEOF'
+import json, sys, time
 from pathlib import Path
 from mood.training import train_vqvae, train_prior
-region, data, work, holdout, batch, vq_s, prior_s, device, tiny = sys.argv[1:]
+region, data, work, holdout, batch, vq_s, prior_s, device, tiny, bf16 = sys.argv[1:]
 tiny = tiny == "1"
 common = dict(batch_size=int(batch), lr=3e-4, holdout=[holdout], resume=True, device=device,
-              seed=0, ckpt_every=500, log_every=25, threads=8, tiny=tiny,
+              seed=0, ckpt_every=500, log_every=25, threads=8, tiny=tiny, bf16=bf16 == "1",
               volume_shape=(64, 64, 64) if tiny else None)
+w = Path(work) / "w"
+
+def report(kind: str, seconds: float) -> None:
+    state = json.loads((w / "train" / kind / "state.json").read_text())
+    steps, elapsed = int(state["step"]), float(state["elapsed_s"])
+    print(f"{kind}: {steps} steps of {batch} slices ({steps * int(batch)} slices seen) in {elapsed:.0f} s "
+          f"of steps: {steps / max(elapsed, 1e-9):.2f} steps/s; {seconds:.0f} s with data and exports",
+          flush=True)
+
 t = time.time()
-train_vqvae(region, Path(data), Path(work) / "w", steps=100_000, time_limit=float(vq_s), **common)
-print(f"vqvae done in {time.time() - t:.0f} s", flush=True)
+train_vqvae(region, Path(data), w, steps=100_000, time_limit=float(vq_s), **common)
+report("vqvae", time.time() - t)
 t = time.time()
-train_prior(region, Path(data), Path(work) / "w", vqvae=Path(work) / "w", steps=100_000,
-            time_limit=float(prior_s), **common)
-print(f"prior done in {time.time() - t:.0f} s", flush=True)
+train_prior(region, Path(data), w, vqvae=w, steps=100_000, time_limit=float(prior_s), **common)
+report("prior", time.time() - t)
 PYEOF
 
 # 3. calibration on the holdout volume, then export fp32 and fp16 copies (shards <= 16 MiB).

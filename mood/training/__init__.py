@@ -6,6 +6,7 @@ One job per module, in the order a run uses them:
 ==================  ==========================================================================
 ``settings``        :class:`TrainSettings` (every training default, once) and the learning rate
 ``data``            volumes -> slice banks (cached) -> random batches and fixed holdout slices
+``batches``         the banks in the training device's memory, batches made there (next one prefetched)
 ``distributed``     DDP from torchrun's environment
 ``codebook``        codebook health: k-means initialisation, code statistics, dead-code re-seeding
 ``steps``           each model's training step and holdout evaluation, as plain functions
@@ -13,7 +14,7 @@ One job per module, in the order a run uses them:
 ``loop``            the loop both models share
 ``runs``            :func:`train_vqvae`, :func:`train_prior`: a model and its recipe into the loop
 ``export``          trained models -> weights folders; :func:`init_weights`, :func:`export_weights`
-``augment``         training augmentation of normalised slices (used by ``data``)
+``augment``         training augmentation of normalised slices, random numbers from the CPU, arithmetic on the slices' device
 ``calibrate``       normal holdout volumes -> thresholds and score maps in the weights card
 ==================  ==========================================================================
 

@@ -20,6 +20,11 @@ probability ``p``:
 
 Deviations from the original: no clipping at +-3 std (inference never clips, so training does not);
 gamma and bias field (above).
+
+Every random number comes from the CPU generator, in one fixed order, whatever the slices' device;
+the arithmetic (grids, resampling, fields, blur) runs on the slices' device. So slices held on a
+GPU are augmented there with the random numbers a CPU run draws: on the CPU the batches are those
+of a CPU run, bit for bit, and on a GPU they differ only by floating-point rounding.
 """
 from __future__ import annotations
 
@@ -39,8 +44,9 @@ def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=g)
 
 
-def shape_grid(n: int, size: int, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
-    """Sampling grids (n, S, S, 2) for ``grid_sample``: flip, scale, rotation and elastic."""
+def shape_grid(n: int, size: int, cfg: AugmentConfig, g: torch.Generator,
+               device: torch.device | str = "cpu") -> torch.Tensor:
+    """Sampling grids (n, S, S, 2) for ``grid_sample`` on ``device``: flip, scale, rotation and elastic."""
     angle = torch.where(_coin(n, cfg.p, g), _uniform(n, -cfg.rotate_deg, cfg.rotate_deg, g),
                         torch.zeros(n)) * math.pi / 180
     scale = torch.where(_coin(n, cfg.p, g), _uniform(n, *cfg.scale, g), torch.ones(n))
@@ -50,14 +56,14 @@ def shape_grid(n: int, size: int, cfg: AugmentConfig, g: torch.Generator) -> tor
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 1] = cos, -sin
     theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos * flip
-    grid = F.affine_grid(theta, (n, 1, size, size), align_corners=False)  # (n, S, S, 2)
+    grid = F.affine_grid(theta.to(device), (n, 1, size, size), align_corners=False)  # (n, S, S, 2)
     elastic = _coin(n, cfg.p, g)
     if cfg.elastic_px > 0 and bool(elastic.any()):
         m = max(2, size // cfg.elastic_spacing + 1)
         ctrl = torch.randn(n, 2, m, m, generator=g) * elastic.view(n, 1, 1, 1)
-        field = F.interpolate(ctrl, size=(size, size), mode="bicubic", align_corners=True)
         amp = _uniform(n, 0.0, cfg.elastic_px, g).view(n, 1, 1, 1) * 2 / size  # px -> grid units
-        field = field / field.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6) * amp
+        field = F.interpolate(ctrl.to(device), size=(size, size), mode="bicubic", align_corners=True)
+        field = field / field.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6) * amp.to(device)
         grid = grid + field.permute(0, 2, 3, 1)
     return grid
 
@@ -87,7 +93,7 @@ def augment(x: torch.Tensor, generator: torch.Generator, cfg: AugmentConfig = Au
     device, dtype = x.device, x.dtype
     bg = cfg.background
 
-    grid = shape_grid(n, size, cfg, g).to(device=device, dtype=torch.float32)
+    grid = shape_grid(n, size, cfg, g, device).float()
     y = F.grid_sample((x.float() - bg).unsqueeze(1), grid, mode="bilinear", padding_mode="zeros",
                       align_corners=False).squeeze(1) + bg  # (n, S, S)
     background = y == bg
@@ -119,10 +125,10 @@ def augment(x: torch.Tensor, generator: torch.Generator, cfg: AugmentConfig = Au
     if cfg.bias_field > 0:
         shaded = _coin(n, cfg.p, g)
         ctrl = torch.randn(n, 1, cfg.bias_grid, cfg.bias_grid, generator=g)
-        field = F.interpolate(ctrl, size=(size, size), mode="bicubic", align_corners=True).squeeze(1)
-        field = field / field.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-6)
         amp = torch.where(shaded, _uniform(n, 0.0, cfg.bias_field, g), torch.zeros(n))
-        u = u * torch.exp(field * amp.view(n, 1, 1)).to(u)
+        field = F.interpolate(ctrl.to(device), size=(size, size), mode="bicubic", align_corners=True).squeeze(1)
+        field = field / field.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-6)
+        u = u * torch.exp(field * amp.to(device).view(n, 1, 1)).to(u)
 
     y = u * (hi - lo) + lo
     if cfg.keep_background:

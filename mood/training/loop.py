@@ -6,7 +6,8 @@ exported whenever the holdout metric improves, and ``OUT/train/<kind>/`` with th
 checkpoint and the log (:mod:`mood.training.checkpoints`).
 
 Read top to bottom in the nanoGPT manner: set up, resume or initialise, then per step the learning
-rate, a batch drawn as a pure function of (seed, rank, step), the model's step, the log line and
+rate, a batch drawn as a pure function of (seed, rank, step) on the training device
+(:mod:`mood.training.batches`), the model's step, the log line and
 every ``ckpt_every`` steps a checkpoint. SIGTERM, Ctrl-C and ``time_limit`` finish the step and
 write a final checkpoint. Under torchrun the batch size is global and split over the processes;
 only rank 0 logs, evaluates and writes.
@@ -27,10 +28,10 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import RegionConfig, is_tiny
+from .batches import BatchStream
 from .checkpoints import (append_log, checkpoint_dir, load_checkpoint, prepare_run_folder, rounded, save_checkpoint,
                           truncate_log)
-from .data import (SliceBank, draw_batch, fixed_batch, load_banks, provenance, split_files, step_generator,
-                   tissue_planes)
+from .data import SliceBank, fixed_batch, load_banks, provenance, split_files, tissue_planes
 from .distributed import Dist, all_reduce, barrier, setup_distributed, teardown
 from .settings import TrainSettings, learning_rate
 from .steps import Batch
@@ -140,6 +141,10 @@ def run_loop(recipe: Recipe, *, region: str, data: Path, out: Path, settings: Tr
                                          tuple(volume_shape) if volume_shape else None)
     aug = config.augmentation if settings.augment else None
     planes = [tissue_planes(b, config.background) for b in train_banks] if settings.planes == "tissue" else None
+    # the training planes in the device's memory; batches made there (the next while a step runs)
+    batches = BatchStream(train_banks, settings.batch_size // d.world, aug, d.device, settings.seed, d.rank,
+                          planes=planes, crop=settings.crop)
+    train_banks = batches.banks
 
     model.to(d.device)
     if settings.channels_last:
@@ -178,7 +183,6 @@ def run_loop(recipe: Recipe, *, region: str, data: Path, out: Path, settings: Tr
 
     bar = tqdm(total=settings.steps, initial=p.step, desc=f"{region} {recipe.kind}", disable=not d.master,
                mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
-    per_rank = settings.batch_size // d.world
     started = time.perf_counter()
     try:
         with StopFlag() as flag:
@@ -188,8 +192,7 @@ def run_loop(recipe: Recipe, *, region: str, data: Path, out: Path, settings: Tr
                                    p.rewarm_from)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                gen = step_generator(settings.seed, d.rank, p.step)
-                x, coord = draw_batch(train_banks, per_rank, gen, aug, d.device, planes, settings.crop)  # (B, S, S), (B, 1)
+                gen, x, coord = batches(p.step)  # (B, S, S) or cropped, (B, 1): a pure function of (seed, rank, step)
                 model.train()
                 metrics = recipe.step(Batch(x, coord, p.step, gen), ddp=ddp, model=model, opt=opt, d=d)
                 p.step += 1
@@ -214,6 +217,7 @@ def run_loop(recipe: Recipe, *, region: str, data: Path, out: Path, settings: Tr
         if d.master:
             log.warning("interrupted at step %d: writing a checkpoint", p.step)
     finally:
+        batches.close()
         bar.close()
         _checkpoint(p, True, **checkpoint)
         teardown(d)
