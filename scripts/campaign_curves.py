@@ -5,9 +5,10 @@ Reads the ``OUT/train/<kind>/log.jsonl`` of each run (written by ``mood train``)
 holdout rows (``grep holdout_ OUT/train/vqvae/log.jsonl > docs/weights/logs/run.jsonl``: the
 campaign keeps these, because a run's folder is lost with its machine), and draws, against
 CPU-hours (this process's CPU time over all its threads, so runs that shared the machine compare
-fairly): the holdout L1 reconstruction and the codes in use (VQ-VAE runs), and the holdout NLL per
-code (prior runs). Prints a Markdown table of every run's holdout metric at the CPU time of the
-shortest run of its kind and at its own end.
+fairly): the holdout L1 reconstruction over whole slices and inside the body (where logged) and the
+codes in use (VQ-VAE runs), and the holdout NLL per code (prior runs). Prints a Markdown table of
+every run's holdout metric at equal CPU time (``--at HOURS``, default the shortest run of its kind)
+and at its own end.
 
     python scripts/campaign_curves.py --run "original=runs/brain/vq_w1" --run "width 0.5=runs/brain/vq_w05" \\
         --run "prior=docs/weights/logs/brain_session5_prior.jsonl" --out docs/weights/brain_curves.png
@@ -46,32 +47,37 @@ def at_cpu(rows: list[dict], key: str, cpu_s: float) -> float:
     return float(np.interp(cpu_s, [r["cpu_s"] for r in rows], [r[key] for r in rows]))
 
 
-def table(runs: dict[str, tuple[str, list[dict]]]) -> str:
-    lines = ["| run | model | steps | CPU-hours | holdout at equal CPU time | holdout best | holdout at end |",
-             "|---|---|---|---|---|---|---|"]
+def table(runs: dict[str, tuple[str, list[dict]]], at_hours: float | None = None) -> str:
+    lines = ["| run | model | steps | CPU-hours | holdout at equal CPU time | inside the body, same time "
+             "| holdout best | holdout at end |",
+             "|---|---|---|---|---|---|---|---|"]
     for kind in ("vqvae", "prior"):
         mine = {name: rows for name, (k, rows) in runs.items() if k == kind and rows}
         if not mine:
             continue
-        equal = min(rows[-1]["cpu_s"] for rows in mine.values())
+        equal = at_hours * 3600 if at_hours else min(rows[-1]["cpu_s"] for rows in mine.values())
         for name, rows in mine.items():
             key = METRIC[kind]
+            fg = [r for r in rows if "holdout_recon_fg" in r]
+            inside = f"{at_cpu(fg, 'holdout_recon_fg', equal):.4f}" if fg else "-"
             lines.append(f"| {name} | {kind} | {rows[-1]['step']} | {rows[-1]['cpu_s'] / 3600:.2f} | "
                          f"{key.split('_')[1]} {at_cpu(rows, key, equal):.4f} at {equal / 3600:.2f} h | "
-                         f"{min(r[key] for r in rows):.4f} | {rows[-1][key]:.4f} |")
+                         f"{inside} | {min(r[key] for r in rows):.4f} | {rows[-1][key]:.4f} |")
     return "\n".join(lines)
 
 
 def plot(runs: dict[str, tuple[str, list[dict]]], out: Path, logx: bool = False) -> None:
     panels = [("vqvae", "holdout_recon", "VQ-VAE: holdout L1 reconstruction"),
+              ("vqvae", "holdout_recon_fg", "VQ-VAE: holdout L1 inside the body"),
               ("vqvae", "holdout_codes_used", "VQ-VAE: codes in use (holdout)"),
               ("prior", "holdout_nll", "prior: holdout NLL per code (nats)")]
-    panels = [p for p in panels if any(k == p[0] for k, _ in runs.values())]
+    panels = [p for p in panels if any(k == p[0] and rows and p[1] in rows[-1] for k, rows in runs.values())]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, (kind, key, title) in zip(axes[0], panels):
         for name, (k, rows) in runs.items():
-            if k == kind and rows and key in rows[0]:
-                ax.plot([r["cpu_s"] / 3600 for r in rows], [r[key] for r in rows], label=name)
+            mine = [r for r in rows if key in r] if k == kind else []
+            if mine:
+                ax.plot([r["cpu_s"] / 3600 for r in mine], [r[key] for r in mine], label=name)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("CPU-hours")
         if logx:
@@ -91,6 +97,8 @@ def main() -> None:
     ap.add_argument("--logx", action="store_true",
                     help="CPU-hours on a log axis: a power law is a straight line, so a curve that "
                          "bends flatter there is slowing down faster than one")
+    ap.add_argument("--at", type=float, default=None, metavar="HOURS",
+                    help="CPU-hours at which the table compares the runs (default: the shortest run's end)")
     ap.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = ap.parse_args()
     runs = {}
@@ -98,7 +106,7 @@ def main() -> None:
         name, _, folder = spec.partition("=")
         runs[name] = read_run(Path(folder))
     plot(runs, args.out, args.logx)
-    print(table(runs))
+    print(table(runs, args.at))
 
 
 if __name__ == "__main__":

@@ -64,3 +64,20 @@ def test_a_folder_without_holdout_rows_is_refused(tmp_path):
         subprocess.run([sys.executable, str(SCRIPT), "--run", f"x={tmp_path / 'empty'}", "--out",
                         str(tmp_path / "c.png")], capture_output=True, text=True, check=True)
     assert "no log rows with holdout_recon or holdout_nll" in err.value.stderr
+
+
+def test_table_reads_the_foreground_l1_at_the_time_asked_for(tmp_path):
+    rows = _vq_rows(1.0, [0.30, 0.20, 0.10])
+    for r in rows:
+        if "holdout_recon" in r:
+            r["holdout_recon_fg"] = 4 * r["holdout_recon"]
+    _log(tmp_path / "fg", "vqvae", rows)
+    _log(tmp_path / "old", "vqvae", _vq_rows(1.0, [0.5, 0.4, 0.3]))  # logged before recon_fg existed
+    out = tmp_path / "curves.png"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--run", f"fg={tmp_path / 'fg'}", "--run",
+                           f"old={tmp_path / 'old'}", "--at", str(75 / 3600), "--out", str(out)],
+                          capture_output=True, text=True, check=True)
+    fg = next(line for line in done.stdout.splitlines() if line.startswith("| fg |"))
+    old = next(line for line in done.stdout.splitlines() if line.startswith("| old |"))
+    assert "recon 0.2500 at 0.02 h | 1.0000 |" in fg  # halfway between steps 50 and 100, body L1 4x
+    assert "| - |" in old
