@@ -52,7 +52,8 @@ def main() -> int:
     _ensure_mpl_config()
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(2.2 * len(x), 2.3 * len(rows) + 0.4), dpi=100)
+    height = 2.3 * len(rows) + 0.4
+    fig = Figure(figsize=(2.2 * len(x), height), dpi=100)
     fig.patch.set_facecolor("black")
     for c in range(len(x)):
         lo, hi = np.percentile(x[c].numpy(), [0.5, 99.5])
@@ -68,8 +69,8 @@ def main() -> int:
                 ax.text(0.98, 0.02, f"L1 body {err:.3f}", color="white", fontsize=7, ha="right",
                         transform=ax.transAxes)
     fig.suptitle(f"{args.volume.name}: held-out planes and their reconstructions (networks' frame)",
-                 color="white", fontsize=9)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.4 / (2.3 * len(rows) + 0.4),
+                 color="white", fontsize=9, y=1 - 0.1 / height)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.4 / height,
                         wspace=0.02, hspace=0.02)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, facecolor="black")
