@@ -131,9 +131,9 @@ python scripts/validate_weights.py --region abdom --weights weights/abdom \
 python scripts/export_weights.py --src weights/brain --dst weights/brain --data "$DATA/brain"
 python scripts/export_weights.py --src weights/abdom --dst weights/abdom --data "$DATA/abdom"
 
-# 8. (2026-12-03) The weights campaign's log (issue 12: CPU-hours, steps and slices of every run,
-#    none of which beat these weights on the held-out set) added to each card as info.campaign,
-#    again in place (the weights come out byte-identical).
+# 8. (2026-12-03; again 2026-12-06 with session 6's runs) The weights campaign's log (issues 12 and
+#    21: CPU-hours, steps and slices of every run, none of which beat these weights on the held-out
+#    set) added to each card as info.campaign, again in place (the weights come out byte-identical).
 python scripts/export_weights.py --src weights/brain --dst weights/brain --data "$DATA/brain" \
   --info docs/weights/campaign_brain.json
 python scripts/export_weights.py --src weights/abdom --dst weights/abdom --data "$DATA/abdom" \

@@ -8,12 +8,13 @@ One job per module, in the order a run uses them:
 ``data``            volumes -> slice banks (cached) -> random batches and fixed holdout slices
 ``batches``         the banks in the training device's memory, batches made there (next one prefetched)
 ``distributed``     DDP from torchrun's environment
-``codebook``        codebook health: k-means initialisation, code statistics, dead-code re-seeding
+``codebook``        codebook health: k-means initialisation, EMA updates, code statistics, dead-code re-seeding
 ``steps``           each model's training step and holdout evaluation, as plain functions
 ``checkpoints``     the resumable checkpoint (safetensors + JSON) and the loss log
 ``loop``            the loop both models share
 ``runs``            :func:`train_vqvae`, :func:`train_prior`: a model and its recipe into the loop
 ``export``          trained models -> weights folders; :func:`init_weights`, :func:`export_weights`
+``snapshot``        a run as a small committed snapshot (16-bit, moments if they fit), and back to a run
 ``augment``         training augmentation of normalised slices, random numbers from the CPU, arithmetic on the slices' device
 ``calibrate``       normal holdout volumes -> thresholds and score maps in the weights card
 ==================  ==========================================================================
