@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -50,13 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = {k: v for k, v in (("vqvae", args.vqvae_run), ("prior", args.prior_run)) if v is not None}
         if not runs:
             p.error("save needs --vqvae-run and/or --prior-run")
-        # one folder whose train/<kind> are the two runs' checkpoints, snapshotted together
-        with tempfile.TemporaryDirectory() as tmp:
-            for kind, run in runs.items():
-                (Path(tmp) / "train").mkdir(exist_ok=True)
-                (Path(tmp) / "train" / kind).symlink_to((run / "train" / kind).resolve())
-            summary = save_snapshot(Path(tmp), args.out, budget_mb=args.budget_mb, kinds=tuple(runs),
-                                    prior_vqvae=args.prior_vqvae or args.prior_run)
+        summary = save_snapshot(runs, args.out, budget_mb=args.budget_mb, prior_vqvae=args.prior_vqvae)
         total = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
         print(json.dumps({**summary, "total_bytes": total}, indent=1))
         return 0

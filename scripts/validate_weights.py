@@ -117,10 +117,10 @@ def stages_picture(region: str, weights: Path, region_dir: Path, pred: Path, cas
     rows = []
     for name in [anomalous] + ([normal] if normal else []):
         label = load_volume(region_dir / "toy_label" / "pixel" / name).data > 0.5
+        volume, scores = load_volume(region_dir / "toy" / name).data, load_volume(pred / name).data
         for plane in planes_to_draw(label, 2 if name == anomalous else 1):
             rows.append(Row(name=f"{name.split('.nii')[0]} ({cases[name]['kind'] or 'normal'})",
-                            volume=load_volume(region_dir / "toy" / name).data,
-                            scores=load_volume(pred / name).data, label=label, plane=plane))
+                            volume=volume, scores=scores, label=label, plane=plane))
     det = Detector.load(region, weights, device="cpu")
     return draw_stages(det, rows, png, title=f"{region}: held-out slices through the networks")
 

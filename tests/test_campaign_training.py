@@ -213,7 +213,7 @@ def test_snapshot_is_small_and_resumes_on_a_new_machine(heads, tmp_path):
     train_vqvae("brain", heads, run, steps=8, codebook_update="ema", schedule="cosine", **kw)
     train_prior("brain", heads, run, vqvae=run, steps=6, **kw)
     snap = tmp_path / "snap"
-    big = save_snapshot(run, snap, budget_mb=50)
+    big = save_snapshot({"vqvae": run, "prior": run}, snap, budget_mb=50)
     assert big["vqvae"]["moments"] and big["prior"]["moments"]
     assert (snap / "prior" / "vqvae" / "card.json").is_file() and load_vqvae(snap / "prior" / "vqvae")
     state = json.loads((snap / "vqvae" / "state.json").read_text())
@@ -244,7 +244,7 @@ def test_snapshot_is_small_and_resumes_on_a_new_machine(heads, tmp_path):
 
     # within a small budget the moments stay out, and the resumed run re-warms a fresh optimiser
     model_bytes = sum(f.stat().st_size for f in (snap / "vqvae").glob("model.safetensors"))
-    small = save_snapshot(run, tmp_path / "small", budget_mb=2.2 * model_bytes / 2**20, kinds=("vqvae",))
+    small = save_snapshot({"vqvae": run}, tmp_path / "small", budget_mb=2.2 * model_bytes / 2**20)
     assert not small["vqvae"]["moments"]
     assert sum(f.stat().st_size for f in (tmp_path / "small").rglob("*") if f.is_file()) <= 2.2 * model_bytes + 20_000
     restore_snapshot(tmp_path / "small", new / "vq2", "vqvae")
@@ -252,4 +252,4 @@ def test_snapshot_is_small_and_resumes_on_a_new_machine(heads, tmp_path):
     first = [r for r in _log(new / "vq2", "vqvae") if "loss" in r][0]
     assert first["lr"] == pytest.approx(learning_rate(8, kw["lr"], 0, "cosine", 10) / 100, rel=1e-5)
     with pytest.raises(ValueError, match="budget"):
-        save_snapshot(run, tmp_path / "tiny", budget_mb=0.001, kinds=("vqvae",))
+        save_snapshot({"vqvae": run}, tmp_path / "tiny", budget_mb=0.001)

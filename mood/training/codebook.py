@@ -3,7 +3,7 @@
 The original recipe collapses within minutes (README, deviation 2). Here the codebook is
 initialised from data (:func:`init_codebook`: k-means on encoder outputs of the first batches),
 codes unused during the last ``reseed_every`` steps (counted over all processes, in a
-:class:`CodeUsage`) are re-seeded from current encoder outputs with their Adam moments reset
+:class:`CodebookState`) are re-seeded from current encoder outputs with their Adam moments reset
 (:func:`reseed_dead_codes`), and the commitment weight is 0.25 instead of 1. The codebook stays a
 plain ``nn.Embedding``, so the architecture and parameter count are the original's; it learns by the
 codebook loss (the original's) or, with ``codebook_update="ema"``, as exponential moving averages

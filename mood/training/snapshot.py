@@ -57,19 +57,22 @@ def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
-def save_snapshot(run: Path, snap: Path, *, budget_mb: float = 15.0, kinds: tuple[str, ...] = KINDS,
+def save_snapshot(runs: dict[str, Path], snap: Path, *, budget_mb: float = 15.0,
                   prior_vqvae: Path | None = None) -> dict[str, Any]:
-    """Snapshot the checkpoints of ``run`` (a ``mood train --out`` folder, or for the prior its own
-    folder) found for ``kinds`` into ``snap`` (replaced). ``prior_vqvae``: the frozen VQ-VAE's
-    weights folder of the prior run (default: the prior's ``--out``, whose card holds it).
-    Returns what was written: per kind, the step, the bytes and whether the moments fit."""
-    run, snap = Path(run), Path(snap)
-    found = [k for k in kinds if (checkpoint_dir(run, k) / "state.json").is_file()]
-    if not found:
-        raise ValueError(f"{run} holds no training checkpoint ({', '.join(kinds)}) to snapshot")
+    """Snapshot the latest checkpoints of ``runs`` (kind -> its ``mood train --out`` folder, kinds
+    of :data:`KINDS`) into ``snap`` (replaced). ``prior_vqvae``: the frozen VQ-VAE's weights folder
+    of the prior run (default: the prior's ``--out``, whose card holds it). Returns what was
+    written: per kind, the step, the bytes and whether the moments fit."""
+    snap = Path(snap)
+    unknown = sorted(set(runs) - set(KINDS))
+    if unknown or not runs:
+        raise ValueError(f"snapshot kinds must be among {', '.join(KINDS)}, got {sorted(runs)}")
+    missing = [f"{runs[k]} ({k})" for k in runs if not (checkpoint_dir(Path(runs[k]), k) / "state.json").is_file()]
+    if missing:
+        raise ValueError(f"no training checkpoint to snapshot in {', '.join(missing)}")
     staged = {}
-    for kind in found:
-        ckpt = checkpoint_dir(run, kind)
+    for kind, run in runs.items():
+        ckpt = checkpoint_dir(Path(run), kind)
         state = json.loads((ckpt / "state.json").read_text())
         files = state.pop("files", LEGACY_FILES)
         meta = state.pop("optimizer", None)
@@ -82,9 +85,12 @@ def save_snapshot(run: Path, snap: Path, *, budget_mb: float = 15.0, kinds: tupl
                if '"holdout_' in line] if (ckpt / "log.jsonl").is_file() else []
         staged[kind] = (state, meta, parts, moments, log)
     budget = budget_mb * 2**20 - sum(_size(t) for (_, _, parts, _, _) in staged.values() for t in parts.values())
-    vq_src = Path(prior_vqvae) if prior_vqvae is not None else run
+    frozen = None  # the prior's frozen VQ-VAE: (card, model), stored in float16
     if "prior" in staged:
-        budget -= sum(f.stat().st_size // 2 for f in vq_src.glob("vqvae-*.safetensors"))  # float16
+        vq_src = Path(prior_vqvae if prior_vqvae is not None else runs["prior"])
+        vq_card = read_card(vq_src)
+        frozen = (vq_card, load_vqvae(vq_src, vq_card))
+        budget -= _size(_cast(frozen[1].state_dict(), torch.float16))
     if budget < 0:
         raise ValueError(f"the models alone exceed the snapshot budget of {budget_mb} MB; "
                          f"snapshot fewer kinds or raise --budget-mb")
@@ -106,9 +112,8 @@ def save_snapshot(run: Path, snap: Path, *, budget_mb: float = 15.0, kinds: tupl
         (folder / "log.jsonl").write_text("".join(f"{line}\n" for line in log))
         summary[kind] = {"step": state["step"], "cpu_s": state.get("cpu_s"), "moments": fits,
                          "bytes": sum(f.stat().st_size for f in folder.iterdir())}
-    if "prior" in staged:
-        vq_card = read_card(vq_src)
-        save_models(snap / "prior" / "vqvae", vq_card, load_vqvae(vq_src, vq_card), None, dtype=torch.float16)
+    if frozen is not None:
+        save_models(snap / "prior" / "vqvae", *frozen, None, dtype=torch.float16)
         summary["prior"]["bytes"] += sum(f.stat().st_size for f in (snap / "prior" / "vqvae").iterdir())
     return summary
 
