@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("reports", nargs="+", type=Path, metavar="FILE")
     p.add_argument("--json", type=Path, default=None, help="also write the merged report as JSON")
 
-    from .training.settings import CODEBOOK_UPDATES, PLANES, SCHEDULES, TrainSettings
+    from .training.settings import CODEBOOK_UPDATES, PLANES, QUANTISER_GRADIENTS, SCHEDULES, TrainSettings
 
     TRAIN = TrainSettings()  # the one place the training defaults are defined
     p = sub.add_parser("train", help="train the VQ-VAE or the prior on normal volumes", parents=[REGION, DEVICE, SEED, THREADS],
@@ -176,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: {TRAIN.codebook_update})")
     p.add_argument("--ema-decay", type=float, default=TRAIN.ema_decay,
                    help=f"(vqvae) decay of the codebook's moving averages (default: {TRAIN.ema_decay})")
+    p.add_argument("--quantiser-gradient", choices=QUANTISER_GRADIENTS, default=TRAIN.quantiser_gradient,
+                   help="(vqvae) how the reconstruction's gradient crosses the quantiser to the encoder: "
+                        "'straight_through' (the original's copy) or 'rotation' (the rotation trick, "
+                        f"arXiv:2410.06424; the same model at inference) (default: {TRAIN.quantiser_gradient})")
     p.add_argument("--planes", choices=PLANES, default=TRAIN.planes,
                    help="planes to train on: 'all' (the whole extent, as inference scores it) or 'tissue' "
                         f"(only planes with at least 1 %% of pixels inside the body) (default: {TRAIN.planes})")

@@ -16,6 +16,7 @@ import torch
 
 from mood.config import tiny_preset
 from mood.method.networks import VQVAE
+from mood.method.networks.vqvae import rotated_to
 from mood.training import Dist, learning_rate, load_checkpoint, save_checkpoint, train_prior, train_vqvae
 from mood.training.codebook import CodebookState, ema_update
 from mood.training.data import SliceBank, draw_batch, random_crops, sample_batch, tissue_planes
@@ -94,6 +95,41 @@ def test_settings_refuse_unknown_choices():
         TrainSettings(planes="brain")
     with pytest.raises(ValueError, match="ema_decay"):
         TrainSettings(ema_decay=1.0)
+    with pytest.raises(ValueError, match="quantiser_gradient"):
+        TrainSettings(quantiser_gradient="gumbel")
+
+
+def test_rotation_trick_keeps_the_codes_values_and_turns_the_gradient_onto_the_encodings():
+    torch.manual_seed(0)
+    z = torch.randn(3, 8, 4, 4, requires_grad=True)
+    e = torch.randn(3, 8, 4, 4)
+    out = rotated_to(z, e)
+    assert torch.allclose(out, e, atol=1e-5)  # the decoder sees the codes, as with straight-through
+    out.backward(e)  # a gradient along each code comes back along its encoding, scaled by |e| / |z|
+    zv, ev, gv = (t.movedim(1, -1).reshape(-1, 8) for t in (z.detach(), e, z.grad))
+    cos = torch.nn.functional.cosine_similarity(gv, zv, dim=-1)
+    assert torch.allclose(cos, torch.ones_like(cos), atol=1e-4)
+    assert torch.allclose(gv.norm(dim=-1), ev.norm(dim=-1) ** 2 / zv.norm(dim=-1), rtol=1e-4)
+    # the straight-through copy would hand back e itself: the two estimators differ
+    assert not torch.allclose(gv, ev, atol=1e-2)
+
+    model = VQVAE(tiny_preset("brain").vqvae).eval()
+    x, coord = torch.rand(2, 64, 64), torch.rand(2, 1)
+    with torch.no_grad():
+        plain, q_plain = model(x, coord)
+        rotated, q_rot = model(x, coord, rotation=True)
+    assert torch.equal(q_plain.codes, q_rot.codes) and torch.allclose(plain, rotated, atol=1e-5)
+
+
+def test_training_with_the_rotation_trick_learns_another_model(heads, tmp_path):
+    kw = _kw(tmp_path, steps=6)
+    train_vqvae("brain", heads, tmp_path / "ste", **kw)
+    train_vqvae("brain", heads, tmp_path / "rot", quantiser_gradient="rotation", **kw)
+    ste, rot = load_vqvae(tmp_path / "ste"), load_vqvae(tmp_path / "rot")
+    card = json.loads((tmp_path / "rot" / "card.json").read_text())
+    assert card["info"]["training"]["vqvae"]["settings"]["quantiser_gradient"] == "rotation"
+    w_ste, w_rot = ste.encoder[0].weight, rot.encoder[0].weight
+    assert torch.isfinite(w_rot).all() and not torch.allclose(w_ste, w_rot)
 
 
 def test_foreground_l1_counts_only_voxels_inside_the_body():

@@ -16,6 +16,7 @@ from ..config import RegionConfig, narrow, region_preset, tiny_preset
 
 SCHEDULES = ("constant", "cosine")
 CODEBOOK_UPDATES = ("loss", "ema")
+QUANTISER_GRADIENTS = ("straight_through", "rotation")
 PLANES = ("all", "tissue")
 #: steps over which a fresh optimiser re-warms when a run resumes without its moments (at least)
 REWARM_STEPS = 100
@@ -38,6 +39,9 @@ class TrainSettings:
     #: ``ema_decay``, as in VQ-VAE-2; no codebook loss)
     codebook_update: str = "loss"
     ema_decay: float = 0.99
+    #: how the decoder's gradient crosses the quantiser to the encoder: "straight_through" (the
+    #: original's copy) or "rotation" (the rotation trick, Fifty et al. 2024); inference is the same
+    quantiser_gradient: str = "straight_through"
     kmeans_batches: int = 4
     kmeans_iters: int = 20
     reseed_every: int = 25
@@ -63,7 +67,8 @@ class TrainSettings:
     time_limit: float | None = None
 
     def __post_init__(self) -> None:
-        for name, allowed in (("schedule", SCHEDULES), ("codebook_update", CODEBOOK_UPDATES), ("planes", PLANES)):
+        for name, allowed in (("schedule", SCHEDULES), ("codebook_update", CODEBOOK_UPDATES),
+                              ("quantiser_gradient", QUANTISER_GRADIENTS), ("planes", PLANES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if self.crop < 0:

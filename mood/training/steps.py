@@ -54,7 +54,7 @@ def vqvae_step(batch: Batch, *, ddp: nn.Module, model: VQVAE, opt: torch.optim.O
     (``codebook``, updated in place) are re-seeded. With ``codebook_update="ema"`` the codebook is
     not trained by a loss (its term is logged, not optimised) but moved to the running averages."""
     with _autocast(settings, d):
-        recon, q = ddp(batch.x, batch.coord)
+        recon, q = ddp(batch.x, batch.coord, settings.quantiser_gradient == "rotation")
     q = q._replace(encodings=q.encodings.float())  # losses and codebook re-seeding in float32
     losses = vq_losses(batch.x, recon.float().contiguous(), q, model.codebook.weight, settings.commitment)
     ema = settings.codebook_update == "ema"

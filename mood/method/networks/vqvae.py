@@ -36,8 +36,22 @@ def _coord_plane(coord: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return coord.to(like.dtype).view(-1, 1, 1, 1).expand(-1, 1, *like.shape[-2:])
 
 
+def rotated_to(z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """Encodings ``z`` (B, D, L, L) mapped onto their codes ``e``: equal to ``e`` in value, but the
+    gradient reaches ``z`` through the rotation and rescaling that carries ``z`` to ``e``, held
+    constant (the rotation trick, Fifty et al. 2024, arXiv:2410.06424, section 4.2), instead of the
+    straight-through copy. It tells the encoder where within a code's cell its output lies."""
+    zf, ef = z.movedim(1, -1), e.movedim(1, -1)  # (..., D)
+    z_norm = zf.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    e_norm = ef.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    u, q = (zf / z_norm).detach(), (ef / e_norm).detach()
+    w = F.normalize(u + q, dim=-1)  # the Householder reflection's axis, with R = I - 2ww' + 2qu'
+    rotated = zf - 2 * (zf * w).sum(-1, keepdim=True) * w + 2 * (zf * u).sum(-1, keepdim=True) * q
+    return (rotated * (e_norm / z_norm).detach()).movedim(-1, 1)
+
+
 class Quantised(NamedTuple):
-    latents: torch.Tensor  # (B, D, L, L) straight-through quantised latents
+    latents: torch.Tensor  # (B, D, L, L) quantised latents (the codes' vectors, with a gradient to z)
     codes: torch.Tensor  # (B, L, L) int64 code indices
     encodings: torch.Tensor  # (B, D, L, L) encoder outputs before quantisation
 
@@ -71,12 +85,16 @@ class VQVAE(nn.Module):
         self.decoder = nn.Sequential(*dec)
 
     # -- stages ---------------------------------------------------------------------------
-    def encode(self, x: torch.Tensor, coord: torch.Tensor) -> Quantised:
-        """Slices (B, S, S) and positions (B, 1) -> quantised latents, codes and encodings."""
+    def encode(self, x: torch.Tensor, coord: torch.Tensor, rotation: bool = False) -> Quantised:
+        """Slices (B, S, S) and positions (B, 1) -> quantised latents, codes and encodings. The
+        latents' gradient reaches the encoder by a straight-through copy (the original's) or, with
+        ``rotation``, by :func:`rotated_to`; their values are the same."""
         x = x.unsqueeze(1)
         z = self.encoder(torch.cat([x, _coord_plane(coord, x)], dim=1))
         codes = self.nearest_codes(z)
         e = self.codebook(codes).permute(0, 3, 1, 2)
+        if rotation:
+            return Quantised(rotated_to(z, e.detach()), codes, z)
         return Quantised(z + (e - z).detach(), codes, z)
 
     def nearest_codes(self, z: torch.Tensor) -> torch.Tensor:
@@ -95,8 +113,8 @@ class VQVAE(nn.Module):
         """Codes (B, L, L) -> slices (B, S, S)."""
         return self.decode(self.codebook(codes).permute(0, 3, 1, 2), coord)
 
-    def forward(self, x: torch.Tensor, coord: torch.Tensor) -> tuple[torch.Tensor, Quantised]:
-        q = self.encode(x, coord)
+    def forward(self, x: torch.Tensor, coord: torch.Tensor, rotation: bool = False) -> tuple[torch.Tensor, Quantised]:
+        q = self.encode(x, coord, rotation)
         return self.decode(q.latents, coord), q
 
 
