@@ -11,7 +11,9 @@ it twice through the package's command line, exactly as the challenge's metric r
 and writes a JSON report, one picture per method of the anomalous case with the largest anomaly,
 one picture of what the networks make of held-out slices (input, reconstruction, one restoration,
 the LSR pixel map, the label outlined: two planes of that case and one of a normal case,
-:mod:`mood.validation.stages`), and (``--card``) the numbers into the weights card under ``info.validation.held_out``. Besides the
+:mod:`mood.validation.stages`), what restoration does to the normal cases (the share of their codes
+it replaces, ``|x - restoration|`` against ``|x - recon|`` inside the body: false alarms in the
+making), and (``--card``) the numbers into the weights card under ``info.validation.held_out``. Besides the
 whole set, both tasks are scored per anomaly kind and per anomaly size (changed voxels), each
 group's anomalous cases with all the normal ones: what the challenge's score would be if every
 anomaly were of that kind or size. With a dozen cases a group holds one to four of them, so read
@@ -32,11 +34,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from mood.config import METHODS, region_preset  # noqa: E402
 from mood.method.detector import Detector  # noqa: E402
-from mood.validation.stages import Row, draw_stages, planes_to_draw  # noqa: E402
+from mood.validation.stages import Row, draw_stages, planes_to_draw, restoration_on_normal  # noqa: E402
 from mood.validation.show import show  # noqa: E402
 from mood.validation.toy import MANIFEST, make_toy  # noqa: E402
 from mood.validation.validate import validate  # noqa: E402
@@ -108,8 +112,7 @@ def group_table(methods: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def stages_picture(region: str, weights: Path, region_dir: Path, pred: Path, cases: dict[str, dict],
-                   png: Path) -> Path:
+def stages_picture(det: Detector, region_dir: Path, pred: Path, cases: dict[str, dict], png: Path) -> Path:
     """:func:`mood.validation.stages.draw_stages` of the largest anomaly's two fullest planes and the
     middle plane of the first normal case, with the LSR pixel maps in ``pred``."""
     anomalous = largest_anomaly(cases)
@@ -121,8 +124,17 @@ def stages_picture(region: str, weights: Path, region_dir: Path, pred: Path, cas
         for plane in planes_to_draw(label, 2 if name == anomalous else 1):
             rows.append(Row(name=f"{name.split('.nii')[0]} ({cases[name]['kind'] or 'normal'})",
                             volume=volume, scores=scores, label=label, plane=plane))
-    det = Detector.load(region, weights, device="cpu")
-    return draw_stages(det, rows, png, title=f"{region}: held-out slices through the networks")
+    return draw_stages(det, rows, png, title=f"{det.config.region}: held-out slices through the networks")
+
+
+def normals_summary(det: Detector, region_dir: Path, cases: dict[str, dict]) -> dict[str, float]:
+    """:func:`mood.validation.stages.restoration_on_normal` averaged over the normal cases (3
+    restorations each), rounded for the card."""
+    rows = [restoration_on_normal(det, load_volume(region_dir / "toy" / name).data)
+            for name, c in sorted(cases.items()) if c["kind"] is None]
+    if not rows:
+        return {}
+    return {"cases": len(rows), **{k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]}}
 
 
 def main() -> int:
@@ -184,9 +196,10 @@ def main() -> int:
              title=f"{args.region} {method}: {case} ({manifest_case['kind']} in {manifest_case['source']})")
         pictures[method] = png
     if "lsr" in args.methods:
-        pictures["stages"] = stages_picture(args.region, args.weights, region_dir,
-                                            args.work / "pred" / "lsr" / args.region / "pixel",
+        det = Detector.load(args.region, args.weights, device="cpu")
+        pictures["stages"] = stages_picture(det, region_dir, args.work / "pred" / "lsr" / args.region / "pixel",
                                             report["cases"], args.work / f"{args.region}_stages.png")
+        report["normals"] = normals_summary(det, region_dir, report["cases"])
     report["seconds"] = round(time.perf_counter() - start, 1)
     out_json = args.work / f"{args.region}_validation.json"
     write_json(out_json, report)
@@ -205,6 +218,7 @@ def main() -> int:
                     for task, row in report["methods"][method].items()}
            for method in args.methods},
         "pictures": {m: str(p) for m, p in pictures.items()},
+        **({"normals": report["normals"]} if report.get("normals") else {}),
     }
     if args.card:
         card.info.setdefault("validation", {})["held_out"] = summary

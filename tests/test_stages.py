@@ -1,11 +1,14 @@
 """The picture of what the networks make of a slice: the same numbers the detector computes."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import pytest
 import torch
 
 from mood.method.detector import Detector
-from mood.validation.stages import Row, draw_stages, planes_to_draw, stage_images
+from mood.validation.stages import Row, draw_stages, planes_to_draw, restoration_on_normal, stage_images
 
 from conftest import head_phantom
 
@@ -29,3 +32,25 @@ def test_stage_images_are_the_detectors_own(tiny_weights, tmp_path):
     assert np.isfinite(im["restoration"]).all()
     png = draw_stages(det, [Row("case", vol, scores, label, p) for p in (12, plane)], tmp_path / "s.png", "t")
     assert png.stat().st_size > 5_000
+
+
+def test_restoration_on_normal_counts_what_the_threshold_lets_the_prior_replace(tiny_weights):
+    det = Detector.load("brain", tiny_weights, device="cpu")
+    vol = head_phantom((40, 36, 20), seed=4)
+    s = det.slices(vol, n_slices=4)
+    codes = det.encode(s)
+    nll = det.code_nll(codes, s.coord)
+    recon_fg = float((s.x - det.decode(codes, s.coord)).abs()[s.x != 0].double().mean())
+
+    def measured(lambda_p: float) -> dict[str, float]:
+        return restoration_on_normal(det.with_card(dataclasses.replace(det.card, lambda_p=lambda_p)), vol,
+                                     n_slices=4, restorations=2)
+
+    never = measured(float(nll.max()) + 1.0)  # nothing above the threshold: nothing is replaced
+    assert never["above_threshold"] == 0.0 and never["changed"] == 0.0
+    assert never["recon_fg"] == pytest.approx(recon_fg, rel=1e-6)
+    assert never["restoration_fg"] == pytest.approx(recon_fg, rel=1e-5)
+    median = float(nll.median())
+    some = measured(median)
+    assert some["above_threshold"] == pytest.approx(float((nll > median).double().mean()))
+    assert 0.0 < some["changed"] <= 1.0 and some["restoration_fg"] != pytest.approx(recon_fg)

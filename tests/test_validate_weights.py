@@ -43,6 +43,9 @@ def test_validate_weights_writes_both_methods_into_the_card(tmp_path, sources):
         assert Path(held_out["pictures"][method]).stat().st_size > 10_000
     assert held_out["pictures"]["stages"] == str(tmp_path / "pics" / "brain_heldout_stages.png")
     assert Path(held_out["pictures"]["stages"]).stat().st_size > 10_000
+    normals = held_out["normals"]  # what restoration does to the normal case
+    assert normals["cases"] == 1 and 0.0 <= normals["changed"] <= 1.0 and normals["recon_fg"] > 0.0
+    assert normals == {"cases": 1, **{k: round(v, 4) for k, v in report["normals"].items() if k != "cases"}}
     assert sorted(c["source"] for c in report["cases"].values()) == ["head0.nii.gz"] * 2 + ["head1.nii.gz"] * 2
     assert sum(c["kind"] is None for c in report["cases"].values()) == 1  # a quarter are normal
     # per kind and size: each group's anomalous cases with the normal one

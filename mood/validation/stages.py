@@ -8,6 +8,8 @@ normalised ``size`` x ``size`` slice that the VQ-VAE encodes, a0 down, a1 across
 
 A reconstruction that does not look like the input explains every AP that follows from it; a
 restoration shows what the prior put in place of the codes it found unlikely.
+:func:`restoration_on_normal` puts the same check in numbers for a normal volume, where every code a
+restoration replaces and every voxel it moves away from the input is a false alarm.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import numpy as np
 import torch
 
 from ..method.detector import Detector, Slices
-from ..method.slicing import SliceGrid, extract_slices, normalise
+from ..method.restoration import draw_uniforms, restore
+from ..method.slicing import SliceGrid, body_mask, extract_slices, normalise
 from .show import _ensure_mpl_config
 
 COLUMNS = ("input, label outlined", "reconstruction", "one restoration", "pixel map, label outlined")
@@ -65,6 +68,30 @@ def stage_images(det: Detector, row: Row, seed: int = 0) -> dict[str, np.ndarray
             "label": _plane(row.label.astype(np.float32), row.plane, size)}
 
 
+@torch.no_grad()
+def restoration_on_normal(det: Detector, volume: np.ndarray, n_slices: int | None = None,
+                          restorations: int = 3, seed: int = 0) -> dict[str, float]:
+    """What restoration does to a normal volume's scored slices: the share of codes above the
+    resampling threshold (``above_threshold``), the share a restoration replaces (``changed``, mean
+    over ``restorations``: the cascade of resampling included), and the mean ``|x - recon|`` and
+    ``|x - restoration|`` inside the body (``recon_fg``, ``restoration_fg``)."""
+    s = det.slices(volume, n_slices)
+    codes = det.encode(s)
+    threshold = det.card.threshold_pixel
+    lat = det.config.prior.latent_size
+    restored = restore(det.prior, codes, s.coord, draw_uniforms(len(codes), restorations, lat * lat, seed),
+                       threshold)  # (S, n, L, L)
+    images = det.decode(restored.flatten(0, 1), s.coord.repeat_interleave(restorations, 0))
+    images = images.view(len(codes), restorations, *images.shape[1:])
+    body = body_mask(s.x, det.config)
+    recon = det.decode(codes, s.coord)
+    return {"above_threshold": float((det.code_nll(codes, s.coord) > threshold).double().mean()),
+            "changed": float((restored != codes.unsqueeze(1)).double().mean()),
+            "recon_fg": float((s.x - recon).abs()[body].double().mean()),
+            "restoration_fg": float((s.x.unsqueeze(1) - images).abs()[body.unsqueeze(1).expand_as(images)]
+                                    .double().mean())}
+
+
 def draw_stages(det: Detector, rows: list[Row], png: Path, title: str, seed: int = 0) -> Path:
     """Draw ``rows`` (see the module's notes) into ``png``; returns its path."""
     _ensure_mpl_config()
@@ -102,4 +129,4 @@ def draw_stages(det: Detector, rows: list[Row], png: Path, title: str, seed: int
     return png
 
 
-__all__ = ["COLUMNS", "Row", "draw_stages", "planes_to_draw", "stage_images"]
+__all__ = ["COLUMNS", "Row", "draw_stages", "planes_to_draw", "restoration_on_normal", "stage_images"]
