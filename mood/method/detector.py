@@ -98,17 +98,26 @@ class Detector:
         return code_nll(self.prior(codes, coord), codes)
 
     @torch.no_grad()
-    def restorations(self, s: Slices, codes: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-        """Restored images (S, n, size, size): each distinct restored code map decoded once."""
+    def restored_codes(self, s: Slices, codes: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+        """``n`` restorations of each slice's codes (S, n, L, L), resampled above lambda_p."""
         lat = self.config.prior.latent_size
         uniforms = draw_uniforms(len(codes), n, lat * lat, seed)
-        restored = restore(self.prior, codes, s.coord, uniforms, self.card.threshold_pixel)
+        return restore(self.prior, codes, s.coord, uniforms, self.card.threshold_pixel)
+
+    @torch.no_grad()
+    def decode_restorations(self, restored: torch.Tensor, coord: torch.Tensor) -> torch.Tensor:
+        """Restored codes (S, n, L, L) -> images (S, n, size, size), each distinct code map decoded once."""
+        n_slices, n = restored.shape[:2]
         flat = restored.flatten(0, 1)  # (S*n, L, L)
-        coord = s.coord.repeat_interleave(n, 0)
-        slice_of_row = torch.arange(len(codes), device=codes.device).repeat_interleave(n)
-        first, inverse = unique_states(slice_of_row, flat, torch.arange(len(flat), device=codes.device))
+        coord = coord.repeat_interleave(n, 0)
+        slice_of_row = torch.arange(n_slices, device=flat.device).repeat_interleave(n)
+        first, inverse = unique_states(slice_of_row, flat, torch.arange(len(flat), device=flat.device))
         images = self.decode(flat[first], coord[first])
-        return images[inverse].view(len(codes), n, *images.shape[1:])
+        return images[inverse].view(n_slices, n, *images.shape[1:])
+
+    def restorations(self, s: Slices, codes: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+        """Restored images (S, n, size, size)."""
+        return self.decode_restorations(self.restored_codes(s, codes, n, seed), s.coord)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, coord: torch.Tensor, chunk: int = 16) -> torch.Tensor:

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from ..method.detector import Detector, Slices
-from ..method.restoration import draw_uniforms, restore
 from ..method.slicing import SliceGrid, body_mask, extract_slices, normalise
 from .show import _ensure_mpl_config
 
@@ -77,15 +76,11 @@ def restoration_on_normal(det: Detector, volume: np.ndarray, n_slices: int | Non
     ``|x - restoration|`` inside the body (``recon_fg``, ``restoration_fg``)."""
     s = det.slices(volume, n_slices)
     codes = det.encode(s)
-    threshold = det.card.threshold_pixel
-    lat = det.config.prior.latent_size
-    restored = restore(det.prior, codes, s.coord, draw_uniforms(len(codes), restorations, lat * lat, seed),
-                       threshold)  # (S, n, L, L)
-    images = det.decode(restored.flatten(0, 1), s.coord.repeat_interleave(restorations, 0))
-    images = images.view(len(codes), restorations, *images.shape[1:])
+    restored = det.restored_codes(s, codes, restorations, seed)  # (S, n, L, L)
+    images = det.decode_restorations(restored, s.coord)
     body = body_mask(s.x, det.config)
     recon = det.decode(codes, s.coord)
-    return {"above_threshold": float((det.code_nll(codes, s.coord) > threshold).double().mean()),
+    return {"above_threshold": float((det.code_nll(codes, s.coord) > det.card.threshold_pixel).double().mean()),
             "changed": float((restored != codes.unsqueeze(1)).double().mean()),
             "recon_fg": float((s.x - recon).abs()[body].double().mean()),
             "restoration_fg": float((s.x.unsqueeze(1) - images).abs()[body.unsqueeze(1).expand_as(images)]
