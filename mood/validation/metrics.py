@@ -224,7 +224,8 @@ def summarise(counts: ScoreCounts) -> dict[str, Any]:
 
 
 # -- folders ---------------------------------------------------------------------------------
-def _case_names(label_dir: Path) -> list[str]:
+def case_names(label_dir: Path) -> list[str]:
+    """The cases of a label folder, in the evaluator's order: ``sorted(os.listdir(label_dir))``."""
     label_dir = Path(label_dir)
     if not label_dir.is_dir():
         raise ValueError(f"label folder {label_dir} does not exist")
@@ -261,7 +262,7 @@ def sample_metrics(pred_dir: str | Path, label_dir: str | Path, groups: Groups |
         ``groups``: ``{group: {"ap", "auroc", "best_dice", "n_positive", "n_total", "n_cases",
         "cases"}}``.
     """
-    names = _case_names(Path(label_dir))
+    names = case_names(Path(label_dir))
     result = _empty_result(names)
     scores, labels = [], []
     for name in names:
@@ -311,7 +312,7 @@ def pixel_metrics(pred_dir: str | Path, label_dir: str | Path, groups: Groups | 
         ``{name: {"status", "n_positive"}}``; with ``groups``, also ``groups`` as in
         :func:`sample_metrics` (each group's voxels pooled over its cases).
     """
-    names = _case_names(Path(label_dir))
+    names = case_names(Path(label_dir))
     result = _empty_result(names)
     hist = Float16Histogram()
     group_hists: dict[str, Float16Histogram] = {}
@@ -345,6 +346,6 @@ def pixel_metrics(pred_dir: str | Path, label_dir: str | Path, groups: Groups | 
     return result
 
 
-__all__ = ["read_sample_label", "read_sample_prediction", "read_pixel_label", "read_pixel_prediction",
+__all__ = ["case_names", "read_sample_label", "read_sample_prediction", "read_pixel_label", "read_pixel_prediction",
            "ScoreCounts", "Float16Histogram", "average_precision", "auroc", "best_dice", "summarise",
            "Groups", "sample_metrics", "pixel_metrics"]
