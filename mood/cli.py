@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true",
                    help="forward passes in bfloat16 autocast (weights, optimiser and evaluation stay "
                         "float32): prior steps took 0.44x the time, VQ-VAE steps 0.7x, on this "
-                        "project's CPU (AMX); on a CPU without bfloat16 units it is slower")
+                        "project's CPU (AMX); on a CPU without bfloat16 units (AVX2 only) it is 7-10x "
+                        "slower, and training says so")
     p.add_argument("--init-from", type=Path, default=None, metavar="WEIGHTS",
                    help="start from this weights folder's model (fine-tuning; fresh optimiser), "
                         "e.g. the shipped weights/brain")

@@ -277,6 +277,15 @@ def test_bf16_steps_are_bfloat16_and_close_to_float32(heads, tmp_path):
     assert load_prior(p16).head_up.weight.dtype == torch.float32  # weights stay float32
 
 
+@pytest.mark.parametrize("has_units", [True, False])
+def test_bf16_without_bfloat16_units_says_it_is_slow(heads, tmp_path, monkeypatch, caplog, has_units):
+    """On an AVX2-only CPU bfloat16 autocast is emulated (7-10x slower): training warns, and only there."""
+    monkeypatch.setattr("mood.training.loop.cpu_has_bfloat16", lambda: has_units)
+    with caplog.at_level("WARNING"):
+        train_vqvae("brain", heads, tmp_path / "b", steps=1, bf16=True, **_kw(tmp_path))
+    assert ("without bfloat16 units" in caplog.text) is not has_units
+
+
 def test_init_from_starts_from_given_weights(heads, tmp_path):
     """--init-from loads the given models (lr 0 leaves their parameters as they were; batch-norm
     statistics move in training mode) and records where from."""

@@ -23,3 +23,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name != "cpu" and not name.startswith("cuda"):
         raise ValueError(f"unknown device {name!r}; expected auto, cpu or cuda")
     return torch.device(name)
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX, as oneDNN reports it).
+
+    Without it, bfloat16 autocast is emulated: the campaign's VQ-VAE steps took 10x as long with
+    ``--bf16`` as without (prior steps 7x) on an AVX2 EPYC, where an AMX Xeon ran them in 0.7x the time."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without oneDNN: nothing to ask, assume it has
+        return True
