@@ -2,31 +2,30 @@
 """New weights against the shipped ones on the held-out set of issue 12 (``validate_weights --card``).
 
 Reads ``info.validation.held_out`` of both cards and prints each method's pixel AP and sample
-AUROC (the numbers that decide) beside the other metrics. With ``--work``, the two
-``validate_weights.py`` work folders of the same toy set, it also resamples the cases (the paired
-case bootstrap of :mod:`mood.validation.bootstrap`) and prints the spread of each difference.
+AUROC (the numbers that decide) beside the other metrics. With ``--scores``, the two weights'
+case scores on the same toy set (``validate_weights.py`` writes ``<work>/<region>_lsr_case_scores.npz``;
+the shipped weights' are kept in ``docs/weights/``), it also resamples the cases (the paired case
+bootstrap of :mod:`mood.validation.bootstrap`) and prints the spread of each difference.
 
 The new weights are better when their LSR has the higher pixel AP and the higher sample AUROC
-and, with ``--work``, is ahead on pixel AP in at least ``--ahead`` of the resamples (default 0.9:
+and, with ``--scores``, is ahead on pixel AP in at least ``--ahead`` of the resamples (default 0.9:
 a difference that a dozen cases cannot tell from noise is not worth shipping). Exit status: 0
 better, 3 not, 2 when the two were not measured on the same set (nothing can be said), 1 on an
 error.
 
     python scripts/compare_heldout.py NEW_WEIGHTS_DIR [SHIPPED_WEIGHTS_DIR (default weights/brain)] \\
-        [--work NEW_VALIDATION_WORK SHIPPED_VALIDATION_WORK]
+        [--scores NEW_CASE_SCORES.npz SHIPPED_CASE_SCORES.npz]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from mood.method.weights import read_card  # noqa: E402
-from mood.validation.bootstrap import paired_bootstrap, read_case_scores  # noqa: E402
-from mood.validation.toy import MANIFEST  # noqa: E402
+from mood.validation.bootstrap import load_case_scores, paired_bootstrap  # noqa: E402
 
 #: (method, task, metric) rows; the first two decide
 ROWS = (("lsr", "pixel", "ap"), ("lsr", "sample", "auroc"), ("lsr", "pixel", "auroc"), ("lsr", "sample", "ap"),
@@ -46,25 +45,15 @@ def better(new: dict, shipped: dict) -> bool:
     return all(new[m][t][k] > shipped[m][t][k] for m, t, k in ROWS[:2])
 
 
-def bootstrap(region: str, new_work: Path, shipped_work: Path, resamples: int) -> dict | None:
-    """The paired case bootstrap of the two validations' LSR predictions; None if their toy sets differ."""
-    toys = [w / "toy" / region for w in (new_work, shipped_work)]
-    if json.loads((toys[0] / MANIFEST).read_text()) != json.loads((toys[1] / MANIFEST).read_text()):
-        return None
-    new, shipped = (read_case_scores(w / "pred" / "lsr" / region, toy / "toy_label")
-                    for w, toy in zip((new_work, shipped_work), toys))
-    return paired_bootstrap(new, shipped, resamples=resamples)
-
-
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("new", type=Path, help="the new weights folder (validated with --card)")
     ap.add_argument("shipped", type=Path, nargs="?", default=Path("weights/brain"))
-    ap.add_argument("--work", type=Path, nargs=2, metavar=("NEW_WORK", "SHIPPED_WORK"),
-                    help="validate_weights.py --work folders of the two weights (the same toy set)")
+    ap.add_argument("--scores", type=Path, nargs=2, metavar=("NEW", "SHIPPED"),
+                    help="the two weights' case scores (.npz from validate_weights.py, the same toy set)")
     ap.add_argument("--resamples", type=int, default=1000)
     ap.add_argument("--ahead", type=float, default=0.9,
-                    help="share of resamples in which the new pixel AP must be higher (with --work)")
+                    help="share of resamples in which the new pixel AP must be higher (with --scores)")
     args = ap.parse_args(argv)
 
     new, shipped = held_out(args.new), held_out(args.shipped)
@@ -78,11 +67,12 @@ def main(argv: list[str]) -> int:
     verdict = better(new, shipped)
     message = ("better than the shipped weights on pixel AP and sample AUROC: commit them (docs/gpu.md)" if verdict
                else "not better than the shipped weights on both pixel AP and sample AUROC: do not ship them")
-    if args.work:
-        spread = bootstrap(read_card(args.new).config.region, *args.work, args.resamples)
-        if spread is None:
-            print(f"not comparable: {args.work[0]} and {args.work[1]} hold different toy sets")
+    if args.scores:
+        (new_cases, new_toy), (shipped_cases, shipped_toy) = (load_case_scores(p) for p in args.scores)
+        if new_toy != shipped_toy:
+            print(f"not comparable: {args.scores[0]} and {args.scores[1]} were scored on different toy sets")
             return 2
+        spread = paired_bootstrap(new_cases, shipped_cases, resamples=args.resamples)
         print(f"\npaired case bootstrap ({args.resamples} resamples; 5th-95th percentile)\n\n"
               "| lsr | new | shipped | new - shipped | new ahead |\n|---|---|---|---|---|")
         for name, r in spread.items():

@@ -13,8 +13,9 @@ one picture of what the networks make of held-out slices (input, reconstruction,
 the LSR pixel map, the label outlined: two planes of that case and one of a normal case,
 :mod:`mood.validation.stages`), what restoration does to the normal cases (the share of their codes
 it replaces, ``|x - restoration|`` against ``|x - recon|`` inside the body: false alarms in the
-making), and (``--card``) the numbers into the weights card under ``info.validation.held_out``. Besides the
-whole set, both tasks are scored per anomaly kind and per anomaly size (changed voxels), each
+making), the LSR's case scores (``<work>/<region>_lsr_case_scores.npz``: what
+``compare_heldout.py --scores`` resamples) and (``--card``) the numbers into the weights card under
+``info.validation.held_out``. Besides the whole set, both tasks are scored per anomaly kind and per anomaly size (changed voxels), each
 group's anomalous cases with all the normal ones: what the challenge's score would be if every
 anomaly were of that kind or size. With a dozen cases a group holds one to four of them, so read
 these as where the weights fail, not as precise numbers.
@@ -40,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from mood.config import METHODS, region_preset  # noqa: E402
 from mood.method.detector import Detector  # noqa: E402
+from mood.validation.bootstrap import read_case_scores, save_case_scores  # noqa: E402
 from mood.validation.stages import Row, draw_stages, planes_to_draw, restoration_on_normal  # noqa: E402
 from mood.validation.show import show  # noqa: E402
 from mood.validation.toy import MANIFEST, make_toy  # noqa: E402
@@ -196,6 +198,10 @@ def main() -> int:
              title=f"{args.region} {method}: {case} ({manifest_case['kind']} in {manifest_case['source']})")
         pictures[method] = png
     if "lsr" in args.methods:
+        scores_file = args.work / f"{args.region}_lsr_case_scores.npz"
+        save_case_scores(scores_file, read_case_scores(args.work / "pred" / "lsr" / args.region,
+                                                       region_dir / "toy_label"),
+                         json.loads((region_dir / MANIFEST).read_text()))
         det = Detector.load(args.region, args.weights, device="cpu")
         pictures["stages"] = stages_picture(det, region_dir, args.work / "pred" / "lsr" / args.region / "pixel",
                                             report["cases"], args.work / f"{args.region}_stages.png")
@@ -219,6 +225,7 @@ def main() -> int:
            for method in args.methods},
         "pictures": {m: str(p) for m, p in pictures.items()},
         **({"normals": report["normals"]} if report.get("normals") else {}),
+        **({"case_scores": str(scores_file)} if "lsr" in args.methods else {}),
     }
     if args.card:
         card.info.setdefault("validation", {})["held_out"] = summary

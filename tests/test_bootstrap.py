@@ -1,7 +1,6 @@
 """The paired case bootstrap: exact on all cases, paired, stratified, and the ship rule built on it."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +10,10 @@ import numpy as np
 import pytest
 
 from mood.method.weights import read_card, write_card
-from mood.validation.bootstrap import paired_bootstrap, pixel_ap, read_case_scores, sample_auroc
+from mood.validation.bootstrap import (load_case_scores, paired_bootstrap, pixel_ap, read_case_scores, sample_auroc,
+                                      save_case_scores)
 from mood.validation.metrics import ScoreCounts, average_precision, pixel_metrics, sample_metrics
-from mood.validation.toy import MANIFEST
-from tests.conftest import make_weights
+from conftest import make_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (6, 6, 6)
@@ -114,28 +113,36 @@ def test_different_cases_are_refused(toy, tmp_path_factory):
                          read_case_scores(other / "pred", other / "toy_label"))
 
 
-# -- the ship rule: scripts/compare_heldout.py --work ------------------------------------------
+def test_kept_case_scores_are_the_read_ones(toy, tmp_path):
+    good = read_case_scores(toy / "good", toy / "toy_label")
+    save_case_scores(tmp_path / "good.npz", good, {"count": 8, "seed": 0})
+    kept, manifest = load_case_scores(tmp_path / "good.npz")
+    assert manifest == {"count": 8, "seed": 0} and kept.names == good.names
+    for field in ("pixel", "sample", "anomalous"):
+        assert np.array_equal(getattr(kept, field), getattr(good, field))
+    assert (tmp_path / "good.npz").stat().st_size < good.pixel.nbytes / 20  # nonzero counts only
+
+
+# -- the ship rule: scripts/compare_heldout.py --scores ----------------------------------------
 def _validation(root: Path, name: str, signal: float, seed: int, manifest: dict) -> tuple[Path, Path]:
-    """A weights folder whose card holds the held-out numbers, and a validate_weights work folder."""
-    work = root / f"{name}_work"
-    toy = work / "toy" / "brain"
-    toy.mkdir(parents=True)
-    (toy / MANIFEST).write_text(json.dumps(manifest))
-    labels = _toy_labels(toy)
-    pred = work / "pred" / "lsr" / "brain"
+    """A weights folder whose card holds the held-out numbers, and its kept case scores."""
+    labels = _toy_labels(root / name)
+    pred = root / name / "pred"
     _predictions(pred, labels, signal=signal, seed=seed)
-    pixel = pixel_metrics(pred / "pixel", toy / "toy_label" / "pixel")
-    sample = sample_metrics(pred / "sample", toy / "toy_label" / "sample")
-    weights = make_weights(root / name, "brain")
+    pixel = pixel_metrics(pred / "pixel", root / name / "toy_label" / "pixel")
+    sample = sample_metrics(pred / "sample", root / name / "toy_label" / "sample")
+    weights = make_weights(root / name / "weights", "brain")
     card = read_card(weights)
     card.info["validation"] = {"held_out": {"set": "8 cases", "lsr": {"pixel": pixel, "sample": sample}}}
     write_card(weights, card)
-    return weights, work
+    scores = root / name / "case_scores.npz"
+    save_case_scores(scores, read_case_scores(pred, root / name / "toy_label"), manifest)
+    return weights, scores
 
 
 def _compare(new: tuple[Path, Path], shipped: tuple[Path, Path], *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_heldout.py"), str(new[0]), str(shipped[0]),
-                           "--work", str(new[1]), str(shipped[1]), "--resamples", "200", *extra],
+                           "--scores", str(new[1]), str(shipped[1]), "--resamples", "200", *extra],
                           capture_output=True, text=True, timeout=300)
 
 

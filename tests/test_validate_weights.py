@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mood.method.weights import read_card, write_card
+from mood.validation.bootstrap import load_case_scores, pixel_ap
+from mood.validation.toy import MANIFEST
 
 from conftest import head_phantom, make_weights, write_nifti
 
@@ -59,6 +62,10 @@ def test_validate_weights_writes_both_methods_into_the_card(tmp_path, sources):
     lsr = sorted((work / "pred" / "lsr" / "brain" / "sample").glob("*.txt"))
     rec = sorted((work / "pred" / "reconstruction" / "brain" / "sample").glob("*.txt"))
     assert [p.read_text() for p in lsr] != [p.read_text() for p in rec]
+    # the kept case scores: the LSR's numbers again, and the toy set they belong to
+    kept, toy = load_case_scores(held_out["case_scores"])
+    assert toy == json.loads((work / "toy" / "brain" / MANIFEST).read_text())
+    assert pixel_ap(kept, np.arange(4)) == held_out["lsr"]["pixel"]["ap"]
 
 
 def test_validate_weights_refuses_training_volumes(tmp_path, sources):

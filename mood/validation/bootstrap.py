@@ -11,18 +11,19 @@ The pixel AP of a resample is exact: each case's predictions are kept as counts 
 table is the sum of its cases' tables, a case drawn twice counted twice.
 
 In: two prediction folders of the same toy set (``validate_weights.py`` writes them) and its
-labels. Out: per metric, both point estimates, the 5th-95th percentile of each and of the
+labels, or the case scores read from them and kept (:func:`save_case_scores`). Out: per metric, both point estimates, the 5th-95th percentile of each and of the
 difference, and the share of resamples in which the new weights are ahead.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mood.validation.metrics import (Float16Histogram, ScoreCounts, auroc, average_precision, case_names,
+from mood.validation.metrics import (N_HALF, Float16Histogram, ScoreCounts, auroc, average_precision, case_names,
                                      read_pixel_label, read_pixel_prediction, read_sample_label,
                                      read_sample_prediction)
 
@@ -61,6 +62,27 @@ def read_case_scores(pred_dir: str | Path, label_dir: str | Path) -> CaseScores:
         sample.append(read_sample_prediction(pred_dir / "sample" / f"{name}.txt")[0])
         anomalous.append(read_sample_label(label_dir / "sample" / f"{name}.txt") == 1)
     return CaseScores(names, np.stack(pixel), np.asarray(sample, dtype=np.float64), np.asarray(anomalous))
+
+
+def save_case_scores(path: str | Path, scores: CaseScores, toy_manifest: dict) -> None:
+    """Keep one validation's case scores beside its toy set's manifest, so that later comparisons
+    need not score those weights again (a few hundred kB: each case's nonzero counts only)."""
+    used = [np.flatnonzero(row) for row in scores.pixel]
+    np.savez_compressed(path, names=np.array(scores.names), sample=scores.sample, anomalous=scores.anomalous,
+                        pixel_index=np.concatenate(used).astype(np.uint32),
+                        pixel_count=np.concatenate([row[i] for row, i in zip(scores.pixel, used)]),
+                        pixel_offsets=np.cumsum([0] + [i.size for i in used]), manifest=json.dumps(toy_manifest))
+
+
+def load_case_scores(path: str | Path) -> tuple[CaseScores, dict]:
+    """``(case scores, toy manifest)`` as :func:`save_case_scores` kept them."""
+    with np.load(path, allow_pickle=False) as f:
+        offsets = f["pixel_offsets"]
+        pixel = np.zeros((offsets.size - 1, 2 * N_HALF), dtype=np.int64)
+        for case, (a, b) in enumerate(zip(offsets[:-1], offsets[1:])):
+            pixel[case, f["pixel_index"][a:b]] = f["pixel_count"][a:b]
+        scores = CaseScores(tuple(str(n) for n in f["names"]), pixel, f["sample"], f["anomalous"])
+        return scores, json.loads(str(f["manifest"]))
 
 
 def pixel_ap(scores: CaseScores, cases: np.ndarray) -> float:
@@ -107,4 +129,4 @@ def paired_bootstrap(new: CaseScores, old: CaseScores, resamples: int = 1000,
     return result
 
 
-__all__ = ["CaseScores", "read_case_scores", "pixel_ap", "sample_auroc", "METRICS", "paired_bootstrap"]
+__all__ = ["CaseScores", "read_case_scores", "save_case_scores", "load_case_scores", "pixel_ap", "sample_auroc", "METRICS", "paired_bootstrap"]

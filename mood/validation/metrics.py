@@ -45,7 +45,8 @@ import numpy as np
 
 #: Voxels per chunk when counting (bounds the temporary int64 copy to 32 MB).
 _CHUNK = 1 << 22
-_N_HALF = 1 << 16
+#: float16 bit patterns
+N_HALF = 1 << 16
 
 
 # -- readers (the evaluator's rules) ---------------------------------------------------------
@@ -140,7 +141,7 @@ class Float16Histogram:
     """Accumulates positive/negative counts per float16 bit pattern over many volumes."""
 
     def __init__(self) -> None:
-        self.counts = np.zeros(2 * _N_HALF, dtype=np.int64)  # index = bits * 2 + label
+        self.counts = np.zeros(2 * N_HALF, dtype=np.int64)  # index = bits * 2 + label
 
     def add(self, scores: np.ndarray | None, labels: np.ndarray) -> None:
         """Add one case: ``scores`` float16 (any shape) or None for all zeros; ``labels`` bool."""
@@ -156,13 +157,13 @@ class Float16Histogram:
         bits = scores.view(np.uint16)
         for start in range(0, bits.size, _CHUNK):
             key = bits[start:start + _CHUNK].astype(np.int64) * 2 + labels[start:start + _CHUNK]
-            self.counts += np.bincount(key, minlength=2 * _N_HALF)
+            self.counts += np.bincount(key, minlength=2 * N_HALF)
 
     def to_counts(self) -> ScoreCounts:
         """Merge bit patterns of equal value (+0.0 and -0.0) and sort by decreasing value."""
-        table = self.counts.reshape(_N_HALF, 2)
+        table = self.counts.reshape(N_HALF, 2)
         used = np.flatnonzero(table.sum(axis=1))
-        values = np.arange(_N_HALF, dtype=np.uint16)[used].view(np.float16).astype(np.float64)
+        values = np.arange(N_HALF, dtype=np.uint16)[used].view(np.float16).astype(np.float64)
         if np.isnan(values).any():
             raise ValueError("predictions contain NaN (sklearn, and so the challenge's evaluator, fails on NaN)")
         uniq, inverse = np.unique(values, return_inverse=True)
@@ -346,6 +347,6 @@ def pixel_metrics(pred_dir: str | Path, label_dir: str | Path, groups: Groups | 
     return result
 
 
-__all__ = ["case_names", "read_sample_label", "read_sample_prediction", "read_pixel_label", "read_pixel_prediction",
+__all__ = ["N_HALF", "case_names", "read_sample_label", "read_sample_prediction", "read_pixel_label", "read_pixel_prediction",
            "ScoreCounts", "Float16Histogram", "average_precision", "auroc", "best_dice", "summarise",
            "Groups", "sample_metrics", "pixel_metrics"]
