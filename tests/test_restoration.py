@@ -67,7 +67,10 @@ def test_float32_agreement():
     cfg = CASES["brain"]
     prior = random_prior(cfg, torch.float32, seed=5)
     codes, coord, u = inputs(cfg, 3, 4, seed=13)
-    threshold = float(code_nll(prior(codes, coord), codes).median())
+    # halfway between two codes' NLLs: the median itself is one code's NLL, whose resampling decision
+    # float32 rounding then flips (on an AVX2 CPU it did, for every restoration of that slice)
+    nll = code_nll(prior(codes, coord), codes).flatten().sort().values
+    threshold = float(nll[nll.numel() // 2 - 1: nll.numel() // 2 + 1].mean())
     ref = restore_reference(prior, codes, coord, u, threshold)
     fast = restore(prior, codes, coord, u, threshold)
     # Batches differ between the two, so float32 sums may differ in the last bit; a code can then
