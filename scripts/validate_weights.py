@@ -15,10 +15,10 @@ the LSR pixel map, the label outlined: two planes of that case and one of a norm
 it replaces, ``|x - restoration|`` against ``|x - recon|`` inside the body: false alarms in the
 making), the LSR's case scores (``<work>/<region>_lsr_case_scores.npz``: what
 ``compare_heldout.py --scores`` resamples) and (``--card``) the numbers into the weights card under
-``info.validation.held_out``. Besides the whole set, both tasks are scored per anomaly kind and per anomaly size (changed voxels), each
-group's anomalous cases with all the normal ones: what the challenge's score would be if every
-anomaly were of that kind or size. With a dozen cases a group holds one to four of them, so read
-these as where the weights fail, not as precise numbers.
+``info.validation.held_out``. Besides the whole set, both tasks are scored per anomaly kind and
+per anomaly size (changed voxels), each group's anomalous cases with all the normal ones: what
+the challenge's score would be if every anomaly were of that kind or size. With a dozen cases a
+group holds one to four of them, so read these as where the weights fail, not as precise numbers.
 
     python scripts/validate_weights.py --region brain --weights weights/brain \\
         --sources ../shared/data/eval_only/rorden_t1.nii.gz ../shared/data/eval_only/icbm2009asym_t1_template.nii.gz \\

@@ -11,8 +11,9 @@ The pixel AP of a resample is exact: each case's predictions are kept as counts 
 table is the sum of its cases' tables, a case drawn twice counted twice.
 
 In: two prediction folders of the same toy set (``validate_weights.py`` writes them) and its
-labels, or the case scores read from them and kept (:func:`save_case_scores`). Out: per metric, both point estimates, the 5th-95th percentile of each and of the
-difference, and the share of resamples in which the new weights are ahead.
+labels, or the case scores read from them and kept (:func:`save_case_scores`). Out: per metric,
+both point estimates, the 5th-95th percentile of each and of the difference, and the share of
+resamples in which the new weights are ahead.
 """
 from __future__ import annotations
 
@@ -129,4 +130,5 @@ def paired_bootstrap(new: CaseScores, old: CaseScores, resamples: int = 1000,
     return result
 
 
-__all__ = ["CaseScores", "read_case_scores", "save_case_scores", "load_case_scores", "pixel_ap", "sample_auroc", "METRICS", "paired_bootstrap"]
+__all__ = ["CaseScores", "read_case_scores", "save_case_scores", "load_case_scores", "pixel_ap", "sample_auroc",
+           "METRICS", "paired_bootstrap"]

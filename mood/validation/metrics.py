@@ -347,6 +347,6 @@ def pixel_metrics(pred_dir: str | Path, label_dir: str | Path, groups: Groups | 
     return result
 
 
-__all__ = ["N_HALF", "case_names", "read_sample_label", "read_sample_prediction", "read_pixel_label", "read_pixel_prediction",
-           "ScoreCounts", "Float16Histogram", "average_precision", "auroc", "best_dice", "summarise",
+__all__ = ["N_HALF", "case_names", "read_sample_label", "read_sample_prediction", "read_pixel_label",
+           "read_pixel_prediction", "ScoreCounts", "Float16Histogram", "average_precision", "auroc", "best_dice", "summarise",
            "Groups", "sample_metrics", "pixel_metrics"]
