@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from mood.method.weights import load_vqvae, read_card  # noqa: E402
 from mood.training.data import fixed_batch, load_bank  # noqa: E402
-from mood.validation.show import _ensure_mpl_config  # noqa: E402
+from mood.validation.show import ensure_mpl_config  # noqa: E402
 
 
 def main() -> int:
@@ -49,7 +49,7 @@ def main() -> int:
         for name, vq in models.items():
             rows.append((name, vq(x, coord)[0]))
 
-    _ensure_mpl_config()
+    ensure_mpl_config()
     from matplotlib.figure import Figure
 
     height = 2.3 * len(rows) + 0.4

@@ -88,7 +88,7 @@ def test_matplotlib_config_needs_no_writable_home(tmp_path, monkeypatch):
     monkeypatch.delenv("MPLCONFIGDIR")
     monkeypatch.setenv("HOME", str(home))
     try:
-        show_module._ensure_mpl_config()
+        show_module.ensure_mpl_config()
         if os.access(home, os.W_OK):  # running as root: home stays writable, nothing to do
             assert "MPLCONFIGDIR" not in os.environ
         else:
@@ -101,5 +101,5 @@ def test_matplotlib_config_without_home(tmp_path, monkeypatch):
     monkeypatch.setenv("MPLCONFIGDIR", "recorded-so-that-teardown-restores-it")
     monkeypatch.delenv("MPLCONFIGDIR")
     monkeypatch.setenv("HOME", str(tmp_path / "does" / "not" / "exist"))
-    show_module._ensure_mpl_config()
+    show_module.ensure_mpl_config()
     assert os.access(os.environ["MPLCONFIGDIR"], os.W_OK)

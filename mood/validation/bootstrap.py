@@ -88,9 +88,7 @@ def load_case_scores(path: str | Path) -> tuple[CaseScores, dict]:
 
 def pixel_ap(scores: CaseScores, cases: np.ndarray) -> float:
     """The challenge's pixel AP over ``cases`` (indices, repeats counted again)."""
-    hist = Float16Histogram()
-    hist.counts = scores.pixel[cases].sum(axis=0)
-    return average_precision(hist.to_counts())
+    return average_precision(Float16Histogram(scores.pixel[cases].sum(axis=0)).to_counts())
 
 
 def sample_auroc(scores: CaseScores, cases: np.ndarray) -> float:

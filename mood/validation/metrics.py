@@ -140,8 +140,9 @@ class ScoreCounts:
 class Float16Histogram:
     """Accumulates positive/negative counts per float16 bit pattern over many volumes."""
 
-    def __init__(self) -> None:
-        self.counts = np.zeros(2 * N_HALF, dtype=np.int64)  # index = bits * 2 + label
+    def __init__(self, counts: np.ndarray | None = None) -> None:
+        """Empty, or holding ``counts`` (index = bits * 2 + label), e.g. a sum of other histograms' counts."""
+        self.counts = np.zeros(2 * N_HALF, dtype=np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
 
     def add(self, scores: np.ndarray | None, labels: np.ndarray) -> None:
         """Add one case: ``scores`` float16 (any shape) or None for all zeros; ``labels`` bool."""
@@ -329,9 +330,11 @@ def pixel_metrics(pred_dir: str | Path, label_dir: str | Path, groups: Groups | 
         if pred is not None and np.isnan(pred).any():
             raise ValueError(f"{Path(pred_dir) / name}: prediction contains NaN "
                              "(the challenge's evaluator fails on it)")
-        hist.add(pred, label)
+        case = Float16Histogram()
+        case.add(pred, label)
+        hist.counts += case.counts  # a case's counts once, summed into every table it belongs to
         for group in (groups or {}).get(name, ()):
-            group_hists.setdefault(group, Float16Histogram()).add(pred, label)
+            group_hists.setdefault(group, Float16Histogram()).counts += case.counts
             members.setdefault(group, []).append(name)
         if status != "ok":
             result[f"n_{status}"] += 1

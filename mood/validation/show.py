@@ -26,8 +26,9 @@ OVERLAY_FLOOR = 0.05
 OVERLAY_ALPHA = 0.7
 
 
-def _ensure_mpl_config() -> None:
-    """Point matplotlib's config/cache folder at a temporary one if home is not writable."""
+def ensure_mpl_config() -> None:
+    """Point matplotlib's config/cache folder at a temporary one if home is not writable (a read-only
+    container): call it before matplotlib is imported."""
     if os.environ.get("MPLCONFIGDIR"):
         return
     home = Path(os.environ.get("HOME") or "/nonexistent") / ".config"
@@ -141,7 +142,7 @@ def show(volume: Path | str | np.ndarray, png: Path | str, scores: Path | str | 
     zooms = ras_zooms(affine)
     slices = choose_slices(vol_ras, n_slices, label_ras, score_ras)
 
-    _ensure_mpl_config()
+    ensure_mpl_config()
     from matplotlib import colormaps  # imported here, after the config folder is settled
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -200,4 +201,4 @@ def show(volume: Path | str | np.ndarray, png: Path | str, scores: Path | str | 
     return png
 
 
-__all__ = ["show", "to_ras", "ras_zooms", "radiological", "choose_slices"]
+__all__ = ["show", "to_ras", "ras_zooms", "radiological", "choose_slices", "ensure_mpl_config"]

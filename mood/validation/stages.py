@@ -21,7 +21,7 @@ import torch
 
 from ..method.detector import Detector, Slices
 from ..method.slicing import SliceGrid, body_mask, extract_slices, normalise
-from .show import _ensure_mpl_config
+from .show import ensure_mpl_config
 
 COLUMNS = ("input, label outlined", "reconstruction", "one restoration", "pixel map, label outlined")
 
@@ -89,7 +89,7 @@ def restoration_on_normal(det: Detector, volume: np.ndarray, n_slices: int | Non
 
 def draw_stages(det: Detector, rows: list[Row], png: Path, title: str, seed: int = 0) -> Path:
     """Draw ``rows`` (see the module's notes) into ``png``; returns its path."""
-    _ensure_mpl_config()
+    ensure_mpl_config()
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(4 * 2.4, len(rows) * 2.5 + 0.5), dpi=100)
