@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mood.config import PriorConfig, region_preset, tiny_preset
 from mood.method.networks import VQVAE, PixelSNAIL
@@ -88,6 +89,30 @@ def test_each_prior_layer_is_causal(name):
             must = torch.arange(h).view(h, 1).expand(h, w) <= r
         assert same[must].all(), f"{name} leaks from {(r, c)}"
         assert not same.all(), f"{name} ignores its input at {(r, c)}"
+
+
+@pytest.mark.parametrize("mask_type", ["A", "B"])
+def test_masked_conv_of_codes_is_its_convolution_of_one_hot_codes(mask_type):
+    g = torch.Generator().manual_seed(4)
+    conv = MaskedConv2d(6, 5, 5, mask_type).double()
+    with torch.no_grad():
+        conv.weight.normal_(generator=g)
+        conv.bias.normal_(generator=g)
+    codes = torch.randint(0, 6, (3, 7, 8), generator=g)
+    codes[:, 0, :3] = 6  # reads as zeros (padding)
+    one_hot = F.one_hot(codes, 7)[..., :6].permute(0, 3, 1, 2).double()
+    want = conv(one_hot)
+    got = conv.of_codes(codes, 6)
+    assert got.shape == want.shape == (3, 5, 7, 8)
+    assert torch.allclose(got, want, rtol=0, atol=1e-12)
+    grads = [torch.autograd.grad((out * want.detach()).sum(), (conv.weight, conv.bias)) for out in (got, want)]
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=0, atol=1e-10)
+    for r in (0, 1, 4, 6):  # a window of the rows it reads (fewer at the top) gives row r alone
+        row = conv.of_codes(codes[:, max(0, r - 2): r + 1], 6, last_row=True)
+        assert torch.allclose(row, want[:, :, r: r + 1], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="stride 1"):
+        MaskedConv2d(6, 5, 5, mask_type, stride=2).of_codes(codes, 6)
 
 
 @pytest.mark.parametrize("downsample", [1, 2])

@@ -79,6 +79,27 @@ class MaskedConv2d(nn.Module):
         w = F.pad(self.weight, (0, k * k - self.n_taps)).view(*self.weight.shape[:2], k, k)
         return F.conv2d(x, w, self.bias, self.stride, k // 2)
 
+    def of_codes(self, codes: torch.Tensor, n_codes: int, last_row: bool = False) -> torch.Tensor:
+        """This convolution of ``F.one_hot(codes, n_codes)`` without the one-hot planes.
+
+        Each output is the bias plus, per visible tap, the kernel column of the code under it: one
+        ``embedding_bag`` sum instead of a convolution over ``n_codes`` input channels that are all
+        zero but one (the prior's first layer: an eighth of the time, forward and backward, and
+        the same numbers). A code equal to ``n_codes`` reads as zeros, like the padding around the
+        grid. Codes (B, h, L) -> (B, C_out, h, L), or (B, C_out, 1, L) for the last row only.
+        """
+        if self.stride != 1 or self.weight.shape[1] != n_codes:
+            raise ValueError("of_codes needs stride 1 and one input channel per code")
+        k, p = self.kernel, self.kernel // 2
+        b, h, w = codes.shape
+        # (n_taps * (n_codes + 1), C_out): per tap, each code's kernel column, then a zero row
+        table = F.pad(self.weight.permute(2, 1, 0), (0, 0, 0, 1)).reshape(-1, self.weight.shape[0])
+        padded = F.pad(codes, (p, p, p, 0), value=n_codes)  # visible taps never reach below
+        top = h - 1 if last_row else 0
+        taps = [padded[:, top + t // k: h + t // k, t % k: t % k + w] + t * (n_codes + 1) for t in range(self.n_taps)]
+        out = F.embedding_bag(torch.stack(taps, -1).reshape(-1, self.n_taps), table, mode="sum")
+        return (out.view(b, h - top, w, -1) + self.bias).permute(0, 3, 1, 2)
+
 
 class GatedResBlock(nn.Module):
     """ELU -> WNConv -> (+ aux) -> ELU -> dropout -> WNConv(2C) -> GLU, added to the input.
@@ -176,10 +197,9 @@ class PixelSNAIL(nn.Module):
         """Codes (B, h, L) of the first h grid rows and positions (B, 1) -> logits (B, K, h, L)."""
         b, h, w = codes.shape
         dtype = self.head_up.weight.dtype
-        x = F.one_hot(codes, self.config.n_codes).permute(0, 3, 1, 2).to(dtype)
         background = self.background[:, :, :h, :w].to(dtype).expand(b, -1, -1, -1)
         cond = coord.to(dtype).view(b, 1, 1, 1).expand(b, 1, h, w)
-        out = self.first(x)
+        out = self.first.of_codes(codes, self.config.n_codes)
         for block in self.blocks:
             out = block(out, cond, background)
         return self.head_out(F.elu(self.head_up(F.elu(out))))

@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .pixelsnail import GatedResBlock, MaskedConv2d, PixelSNAIL, WNConv2d
+from .pixelsnail import GatedResBlock, PixelSNAIL, WNConv2d
 
 _DEPTH = 3  # rows kept per activation: the widest look-up (5x5 masked conv) needs r-2..r
 
@@ -79,14 +79,14 @@ class RowwisePrior:
         self.coord = coord.to(like.dtype)  # (N, 1)
         self.background = prior.background.to(like.dtype)  # (1, 2, L, L)
         # Kernels flattened for matrix products, computed once: weight-normalised convolutions
-        # and masked convolutions without their all-zero rows below the centre.
+        # and the attention's masked convolutions without their all-zero rows below the centre
+        # (the first layer reads codes directly: MaskedConv2d.of_codes).
         self.w = {m: m.weight().flatten(1) for m in prior.modules() if isinstance(m, WNConv2d)}
         self.masked = {}
-        for m in prior.modules():
-            if isinstance(m, MaskedConv2d):
-                k = m.kernel
-                full = F.pad(m.weight, (0, k * k - m.n_taps)).view(*m.weight.shape[:2], k, k)
-                self.masked[m] = full[:, :, : k // 2 + 1].flatten(1)
+        for m in (conv for blk in prior.blocks for conv in (blk.key_conv, blk.query_conv)):
+            k = m.kernel
+            full = F.pad(m.weight, (0, k * k - m.n_taps)).view(*m.weight.shape[:2], k, k)
+            self.masked[m] = full[:, :, : k // 2 + 1].flatten(1)
         # Transposed convolutions with kernel = stride: each output column is a product with one
         # kernel column. (C_in, C_out, ds, ds) -> per output row offset: (C_out * ds, C_in).
         self.up = {blk: blk.upsample.weight.permute(2, 1, 3, 0).reshape(self.ds, -1, self.C)
@@ -176,12 +176,8 @@ class RowwisePrior:
         Needs the vertical stacks of rows < r (:meth:`finish_row`) and the codes of rows <= r.
         """
         prior, cfg = self.prior, self.cfg
-        k = cfg.first_kernel // 2 + 1
-        lo = r - k + 1
-        window = codes[reps, max(0, lo): r + 1]  # (m, <=k, L)
-        onehot = F.one_hot(window, cfg.n_codes).permute(0, 3, 1, 2).to(self.coord.dtype)
-        onehot = F.pad(onehot, (0, 0, max(0, -lo), 0))  # zero rows above the grid
-        x = _row_conv(onehot, self.masked[prior.first], prior.first.bias, cfg.first_kernel)  # (m, C, 1, L)
+        window = codes[reps, max(0, r - cfg.first_kernel // 2): r + 1]  # (m, <=k, L); of_codes pads above
+        x = prior.first.of_codes(window, cfg.n_codes, last_row=True)  # (m, C, 1, L)
         for b, block in enumerate(prior.blocks):
             rings = self.rings[b]
             rings["x"].write(targets, r, x[inverse])
