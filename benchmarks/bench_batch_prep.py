@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from bench_train_precision import cpu_name  # noqa: E402
 from mood.method.networks import VQVAE  # noqa: E402
 from mood.training.batches import BatchStream  # noqa: E402
-from mood.training.codebook import CodeUsage  # noqa: E402
+from mood.training.codebook import CodebookState  # noqa: E402
 from mood.training.data import load_bank  # noqa: E402
 from mood.training.distributed import Dist  # noqa: E402
 from mood.training.settings import TrainSettings, model_config  # noqa: E402
@@ -76,7 +76,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = VQVAE(config.vqvae).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    usage = CodeUsage.empty(config.vqvae.n_codes)
+    codebook = CodebookState.empty(config.vqvae.n_codes)
     waits, steps = [], []
     with BatchStream(banks, n, aug, torch.device("cpu"), seed=0, prefetch=True) as stream:
         for i in range(1 + args.steps):
@@ -84,7 +84,7 @@ def main() -> None:
             gen, x, coord = stream(i)
             t1 = time.perf_counter()
             vqvae_step(Batch(x, coord, i, gen), ddp=model, model=model, opt=opt, d=Dist(),
-                       settings=settings, usage=usage)
+                       settings=settings, codebook=codebook)
             if i:  # the first batch cannot be prefetched, and the first step allocates
                 waits.append(t1 - t)
                 steps.append(time.perf_counter() - t1)

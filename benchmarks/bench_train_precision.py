@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from mood.config import narrow, region_preset  # noqa: E402
 from mood.method.networks import VQVAE, PixelSNAIL  # noqa: E402
-from mood.training.codebook import CodeUsage  # noqa: E402
+from mood.training.codebook import CodebookState  # noqa: E402
 from mood.training.distributed import Dist  # noqa: E402
 from mood.training.settings import TrainSettings  # noqa: E402
 from mood.training.steps import Batch, prior_step, vqvae_step  # noqa: E402
@@ -38,7 +38,7 @@ def step_times(kind: str, bf16: bool, args: argparse.Namespace) -> tuple[list[fl
     vq = VQVAE(config.vqvae).to(memory_format=torch.channels_last)
     if kind == "vqvae":
         model = vq
-        step = partial(vqvae_step, settings=settings, usage=CodeUsage.empty(config.vqvae.n_codes))
+        step = partial(vqvae_step, settings=settings, codebook=CodebookState.empty(config.vqvae.n_codes))
     else:
         model = PixelSNAIL(config.prior)
         step = partial(prior_step, settings=settings, vq=vq)
