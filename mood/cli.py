@@ -184,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--planes", choices=PLANES, default=TRAIN.planes,
                    help="planes to train on: 'all' (the whole extent, as inference scores it) or 'tissue' "
                         f"(only planes with at least 1 %% of pixels inside the body) (default: {TRAIN.planes})")
+    p.add_argument("--intensity-curve", type=float, default=TRAIN.intensity_curve, metavar="SIGMA",
+                   help="augment with a random monotone intensity curve (tissues' contrasts changed one "
+                        "against another, as between scanners and sequences): SIGMA is the spread of its "
+                        f"log slopes, 0.5 a strong one (default: {TRAIN.intensity_curve}: off, as the original)")
     p.add_argument("--crop", type=int, default=TRAIN.crop, metavar="PIXELS",
                    help="(vqvae) train on random PIXELS x PIXELS windows of the slices, a multiple of the "
                         "VQ-VAE's downsampling (8 brain, 16 abdomen); it still encodes whole slices "

@@ -82,6 +82,11 @@ class AugmentConfig:
     #: multiplicative bias field exp(+-bias_field), smooth over a bias_grid x bias_grid control grid
     bias_field: float = 0.0
     bias_grid: int = 4
+    #: random monotone intensity curve: the slopes of ``remap_knots`` equal segments of [0, 1] are
+    #: exp(remap * N(0, 1)), rescaled so that 0 and 1 stay fixed; tissues' contrasts change one
+    #: against another, as between sequences and scanners (0: off)
+    remap: float = 0.0
+    remap_knots: int = 6
     #: intensity range mapped to [0, 1] for the colour transforms
     value_range: tuple[float, float] = (-3.0, 3.0)
     #: value outside the body / beyond the image border

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mood.training.augment import AugmentConfig, augment
+from mood.training.augment import AugmentConfig, augment, intensity_curve
 from mood.config import region_preset
 
 
@@ -96,3 +96,34 @@ def test_bias_field_is_smooth_and_bounded():
     assert ratio.diff(dim=1).abs().max() < 0.05 and ratio.diff(dim=2).abs().max() < 0.05
     off = AugmentConfig(**_ONLY_INTENSITY, gamma=1.0, bias_field=0.0)
     assert torch.allclose(augment(x, torch.Generator().manual_seed(5), off), x, atol=1e-5)
+
+
+def test_intensity_curve_is_monotone_and_fixes_the_ends():
+    u = torch.linspace(-0.2, 1.2, 85).view(1, 1, 85).expand(4, 2, 85).clone()  # steps of 1/60
+    log_slopes = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    v = intensity_curve(u, log_slopes)
+    assert (v.diff(dim=2) > 0).all()  # strictly increasing: no two tissues merge
+    at = lambda t: v[:, 0, int(round((t + 0.2) * 60))]  # noqa: E731
+    assert torch.allclose(at(0.0), torch.zeros(4), atol=1e-6) and torch.allclose(at(1.0), torch.ones(4), atol=1e-6)
+    assert torch.allclose(at(-0.2), torch.full((4,), -0.2), atol=1e-6)  # offsets beyond [0, 1] kept
+    assert torch.allclose(at(1.2), torch.full((4,), 1.2), atol=1e-6)
+    # the first knot lies where the first segment's share of the total rise says
+    rise = log_slopes.exp()
+    assert torch.allclose(at(1 / 6), rise[:, 0] / rise.sum(1), atol=1e-5)
+    assert torch.allclose(intensity_curve(u, torch.zeros(4, 6)), u, atol=1e-6)
+
+
+def test_intensity_curve_changes_contrast_between_tissues():
+    x = _slices(n=16)
+    cfg = AugmentConfig(**_ONLY_INTENSITY, gamma=1.0, remap=0.5)
+    y = augment(x, torch.Generator().manual_seed(1), cfg)
+    u, v = _to_unit(x, cfg).flatten(1), _to_unit(y, cfg).flatten(1)
+    order = u.argsort(dim=1)
+    assert (v.gather(1, order).diff(dim=1) >= -1e-6).all()
+    # two "tissues" (intensity bands) change their contrast by different factors from slice to slice
+    dark, bright = (u > 0.55) & (u < 0.6), (u > 0.7) & (u < 0.75)
+    contrast = torch.stack([(v[i][bright[i]].mean() - v[i][dark[i]].mean()) /
+                            (u[i][bright[i]].mean() - u[i][dark[i]].mean()) for i in range(len(u))])
+    assert contrast.max() / contrast.min() > 1.5
+    off = augment(x, torch.Generator().manual_seed(1), AugmentConfig(**_ONLY_INTENSITY, gamma=1.0))
+    assert torch.allclose(off, x, atol=1e-5)

@@ -15,11 +15,14 @@ probability ``p``:
   Gaussian noise with variance up to 0.001; then mapped back.
 - added to the original's family, so that scanners and sequences it never saw count as normal:
   gamma (contrast curve, log-uniform in [1/1.4, 1.4]) and, for MRI, a smooth multiplicative
-  bias field (up to +-30 %, bicubic over a 4 x 4 control grid), as on coil-shaded scans.
+  bias field (up to +-30 %, bicubic over a 4 x 4 control grid), as on coil-shaded scans; and,
+  when ``remap`` is set, a random monotone piecewise-linear intensity curve, which changes the
+  contrast between tissues (grey against white matter, CSF against both) where gamma only bends
+  the whole range one way.
 - brain: voxels that are background (exactly 0) after the shape step stay exactly 0.
 
 Deviations from the original: no clipping at +-3 std (inference never clips, so training does not);
-gamma and bias field (above).
+gamma, bias field and intensity curve (above).
 
 Every random number comes from the CPU generator, in one fixed order, whatever the slices' device;
 the arithmetic (grids, resampling, fields, blur) runs on the slices' device. So slices held on a
@@ -84,6 +87,22 @@ def _blur(x: torch.Tensor, k: int) -> torch.Tensor:
     return h.squeeze(1)
 
 
+def intensity_curve(u: torch.Tensor, log_slopes: torch.Tensor) -> torch.Tensor:
+    """Map ``u`` (n, S, S) through per-slice monotone piecewise-linear curves of [0, 1] onto itself.
+
+    ``log_slopes`` (n, K): the log slopes of K equal segments before rescaling (zeros: the identity).
+    Values beyond [0, 1] keep their offset from the nearest end, as under gamma.
+    """
+    n, k = log_slopes.shape
+    rise = log_slopes.exp()
+    knots = torch.cat([torch.zeros(n, 1), rise.cumsum(1) / rise.sum(1, keepdim=True)], dim=1).to(u)  # (n, K+1)
+    inside = u.clamp(0.0, 1.0)
+    t = inside.flatten(1) * k
+    seg = t.floor().clamp_max(k - 1).long()
+    lo, hi = knots.gather(1, seg), knots.gather(1, seg + 1)
+    return (lo + (t - seg) * (hi - lo)).view_as(u) + (u - inside)
+
+
 def augment(x: torch.Tensor, generator: torch.Generator, cfg: AugmentConfig = AugmentConfig()) -> torch.Tensor:
     """Augment slices (B, S, S); every random number comes from ``generator`` (CPU)."""
     if x.ndim != 3 or x.shape[1] != x.shape[2]:
@@ -129,6 +148,11 @@ def augment(x: torch.Tensor, generator: torch.Generator, cfg: AugmentConfig = Au
         field = F.interpolate(ctrl.to(device), size=(size, size), mode="bicubic", align_corners=True).squeeze(1)
         field = field / field.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-6)
         u = u * torch.exp(field * amp.to(device).view(n, 1, 1)).to(u)
+    # intensity curve (drawn only when on, so that runs without it keep their random numbers)
+    if cfg.remap > 0:
+        curved = _coin(n, cfg.p, g)
+        log_slopes = torch.randn(n, cfg.remap_knots, generator=g) * cfg.remap * curved.view(n, 1)
+        u = intensity_curve(u, log_slopes)
 
     y = u * (hi - lo) + lo
     if cfg.keep_background:
@@ -136,4 +160,4 @@ def augment(x: torch.Tensor, generator: torch.Generator, cfg: AugmentConfig = Au
     return y.to(dtype)
 
 
-__all__ = ["AugmentConfig", "augment", "shape_grid"]
+__all__ = ["AugmentConfig", "augment", "intensity_curve", "shape_grid"]

@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +143,7 @@ def run_loop(recipe: Recipe, *, region: str, data: Path, out: Path, settings: Tr
     torch.manual_seed(settings.seed + d.rank)
     train_banks, hold_banks = load_banks(data, config, holdout, cache_dir,
                                          tuple(volume_shape) if volume_shape else None)
-    aug = config.augmentation if settings.augment else None
+    aug = replace(config.augmentation, remap=settings.intensity_curve) if settings.augment else None
     planes = [tissue_planes(b, config.background) for b in train_banks] if settings.planes == "tissue" else None
     # the training planes in the device's memory; batches made there (the next while a step runs)
     batches = BatchStream(train_banks, settings.batch_size // d.world, aug, d.device, settings.seed, d.rank,

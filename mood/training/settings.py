@@ -46,6 +46,9 @@ class TrainSettings:
     kmeans_iters: int = 20
     reseed_every: int = 25
     augment: bool = True
+    #: strength of augmentation's random intensity curve (:attr:`mood.config.AugmentConfig.remap`:
+    #: the log-slopes' standard deviation; 0: off, as in the original)
+    intensity_curve: float = 0.0
     #: which planes training draws: "all" (the whole extent, as inference scores it) or "tissue"
     #: (only planes with at least 1 % of their pixels inside the body)
     planes: str = "all"
@@ -73,6 +76,8 @@ class TrainSettings:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if self.crop < 0:
             raise ValueError(f"crop must be 0 (whole slices) or a window size in pixels, not {self.crop}")
+        if self.intensity_curve < 0:
+            raise ValueError(f"intensity_curve must be 0 (off) or positive, not {self.intensity_curve}")
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in (0, 1), not {self.ema_decay}")
 
