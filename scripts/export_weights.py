@@ -61,7 +61,9 @@ def main() -> None:
         if isinstance(record.get("vqvae_from"), str):
             record["vqvae_from"] = {"weights": Path(record["vqvae_from"]).name}
     vq = training["vqvae"]
-    files = vq["train_files"] + vq["holdout_files"]
+    # the prior may have learnt from more volumes than its frozen VQ-VAE (heads added later)
+    trained_on = list(dict.fromkeys(vq["train_files"] + training.get("prior", {}).get("train_files", [])))
+    files = trained_on + [f for f in vq["holdout_files"] if f not in trained_on]
     known = licences(args.data)
     missing = [f for f in files if f not in known]
     if missing:
@@ -71,7 +73,7 @@ def main() -> None:
     export_weights(args.src, args.dst, dtype=torch.float16, info={
         "training": training,
         "data": {"folder": args.data.resolve().name,
-                 "trained_on": vq["train_files"],
+                 "trained_on": trained_on,
                  "holdout_for_loss_and_calibration": vq["holdout_files"],
                  "sha256": digests,
                  "licences": {f: known[f] for f in files},

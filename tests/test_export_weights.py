@@ -36,13 +36,15 @@ def _data(tmp_path: Path) -> Path:
     return data
 
 
-def _trained(tmp_path: Path, data: Path, config: RegionConfig | None = None) -> Path:
+def _trained(tmp_path: Path, data: Path, config: RegionConfig | None = None,
+             prior_files: list[str] | None = None) -> Path:
     """Weights whose card carries a training record as an older `mood train` wrote it."""
     config = config or tiny_preset("brain")
     src = tmp_path / "src"
     record = {"data": str(data.resolve()), "train_files": ["a.nii.gz"], "holdout_files": ["b.nii.gz"],
               "tiny": True, "steps": 3}
-    info = {"training": {"vqvae": dict(record), "prior": {**record, "vqvae_from": str(src.resolve())}}}
+    prior = {**record, "vqvae_from": str(src.resolve()), "train_files": prior_files or record["train_files"]}
+    info = {"training": {"vqvae": dict(record), "prior": prior}}
     torch.manual_seed(0)
     save_models(src, Card(config, info=info), VQVAE(config.vqvae), PixelSNAIL(config.prior))
     return src
@@ -70,6 +72,19 @@ def test_export_writes_float16_and_provenance_without_paths(tmp_path):
         with safe_open(str(shard), framework="pt") as f:
             assert {f.get_tensor(k).dtype for k in f.keys() if f.get_tensor(k).is_floating_point()} \
                 == {torch.float16}
+
+
+def test_export_records_the_volumes_only_the_prior_learnt_from(tmp_path):
+    data = _data(tmp_path)
+    (data / "c.nii.gz").write_bytes(b"volume c")
+    with open(data.parent / "README.md", "a") as f:
+        f.write("| brain/c.nii.gz | T1 | 1 MB | site C | BSD-2 | train |\n")
+    src = _trained(tmp_path, data, prior_files=["a.nii.gz", "c.nii.gz"])
+    run = _run("--src", str(src), "--dst", str(tmp_path / "dst"), "--data", str(data))
+    assert run.returncode == 0, run.stderr[-2000:]
+    d = read_card(tmp_path / "dst").info["data"]
+    assert d["trained_on"] == ["a.nii.gz", "c.nii.gz"] and d["holdout_for_loss_and_calibration"] == ["b.nii.gz"]
+    assert d["licences"]["c.nii.gz"] == "BSD-2; site C" and sorted(d["sha256"]) == ["a.nii.gz", "b.nii.gz", "c.nii.gz"]
 
 
 def test_export_restates_tiny_from_the_architecture(tmp_path):

@@ -79,7 +79,13 @@ class MaskedConv2d(nn.Module):
         w = F.pad(self.weight, (0, k * k - self.n_taps)).view(*self.weight.shape[:2], k, k)
         return F.conv2d(x, w, self.bias, self.stride, k // 2)
 
-    def of_codes(self, codes: torch.Tensor, n_codes: int, last_row: bool = False) -> torch.Tensor:
+    def code_table(self) -> torch.Tensor:
+        """(n_taps * (n_codes + 1), C_out): per visible tap, each code's kernel column, then a zero
+        row (the padding's); :meth:`of_codes` sums its rows."""
+        return F.pad(self.weight.permute(2, 1, 0), (0, 0, 0, 1)).reshape(-1, self.weight.shape[0])
+
+    def of_codes(self, codes: torch.Tensor, n_codes: int, last_row: bool = False,
+                 table: torch.Tensor | None = None) -> torch.Tensor:
         """This convolution of ``F.one_hot(codes, n_codes)`` without the one-hot planes.
 
         Each output is the bias plus, per visible tap, the kernel column of the code under it: one
@@ -87,13 +93,13 @@ class MaskedConv2d(nn.Module):
         zero but one (the prior's first layer: an eighth of the time, forward and backward, and
         the same numbers). A code equal to ``n_codes`` reads as zeros, like the padding around the
         grid. Codes (B, h, L) -> (B, C_out, h, L), or (B, C_out, 1, L) for the last row only.
+        ``table``: :meth:`code_table`, when the caller evaluates many times with the same weights.
         """
         if self.stride != 1 or self.weight.shape[1] != n_codes:
             raise ValueError("of_codes needs stride 1 and one input channel per code")
         k, p = self.kernel, self.kernel // 2
         b, h, w = codes.shape
-        # (n_taps * (n_codes + 1), C_out): per tap, each code's kernel column, then a zero row
-        table = F.pad(self.weight.permute(2, 1, 0), (0, 0, 0, 1)).reshape(-1, self.weight.shape[0])
+        table = self.code_table() if table is None else table
         padded = F.pad(codes, (p, p, p, 0), value=n_codes)  # visible taps never reach below
         top = h - 1 if last_row else 0
         taps = [padded[:, top + t // k: h + t // k, t % k: t % k + w] + t * (n_codes + 1) for t in range(self.n_taps)]

@@ -80,7 +80,8 @@ class RowwisePrior:
         self.background = prior.background.to(like.dtype)  # (1, 2, L, L)
         # Kernels flattened for matrix products, computed once: weight-normalised convolutions
         # and the attention's masked convolutions without their all-zero rows below the centre
-        # (the first layer reads codes directly: MaskedConv2d.of_codes).
+        # (the first layer reads codes directly: MaskedConv2d.of_codes, from its table).
+        self.first_table = prior.first.code_table()
         self.w = {m: m.weight().flatten(1) for m in prior.modules() if isinstance(m, WNConv2d)}
         self.masked = {}
         for m in (conv for blk in prior.blocks for conv in (blk.key_conv, blk.query_conv)):
@@ -177,7 +178,7 @@ class RowwisePrior:
         """
         prior, cfg = self.prior, self.cfg
         window = codes[reps, max(0, r - cfg.first_kernel // 2): r + 1]  # (m, <=k, L); of_codes pads above
-        x = prior.first.of_codes(window, cfg.n_codes, last_row=True)  # (m, C, 1, L)
+        x = prior.first.of_codes(window, cfg.n_codes, last_row=True, table=self.first_table)  # (m, C, 1, L)
         for b, block in enumerate(prior.blocks):
             rings = self.rings[b]
             rings["x"].write(targets, r, x[inverse])
