@@ -29,6 +29,7 @@ The toy set is reused when ``--work`` already holds one made with the same argum
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import sys
@@ -114,6 +115,12 @@ def group_table(methods: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+@functools.lru_cache(maxsize=4)
+def _volume(path: Path) -> np.ndarray:
+    """A toy volume in [0, 1], read once although the picture and the normals' summary both use it."""
+    return load_volume(path).data
+
+
 def stages_picture(det: Detector, region_dir: Path, pred: Path, cases: dict[str, dict], png: Path) -> Path:
     """:func:`mood.validation.stages.draw_stages` of the largest anomaly's two fullest planes and the
     middle plane of the first normal case, with the LSR pixel maps in ``pred``."""
@@ -122,7 +129,7 @@ def stages_picture(det: Detector, region_dir: Path, pred: Path, cases: dict[str,
     rows = []
     for name in [anomalous] + ([normal] if normal else []):
         label = load_volume(region_dir / "toy_label" / "pixel" / name).data > 0.5
-        volume, scores = load_volume(region_dir / "toy" / name).data, load_volume(pred / name).data
+        volume, scores = _volume(region_dir / "toy" / name), load_volume(pred / name).data
         for plane in planes_to_draw(label, 2 if name == anomalous else 1):
             rows.append(Row(name=f"{name.split('.nii')[0]} ({cases[name]['kind'] or 'normal'})",
                             volume=volume, scores=scores, label=label, plane=plane))
@@ -132,7 +139,7 @@ def stages_picture(det: Detector, region_dir: Path, pred: Path, cases: dict[str,
 def normals_summary(det: Detector, region_dir: Path, cases: dict[str, dict]) -> dict[str, float]:
     """:func:`mood.validation.stages.restoration_on_normal` averaged over the normal cases (3
     restorations each), rounded for the card."""
-    rows = [restoration_on_normal(det, load_volume(region_dir / "toy" / name).data)
+    rows = [restoration_on_normal(det, _volume(region_dir / "toy" / name))
             for name, c in sorted(cases.items()) if c["kind"] is None]
     if not rows:
         return {}

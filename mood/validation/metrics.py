@@ -351,5 +351,5 @@ def pixel_metrics(pred_dir: str | Path, label_dir: str | Path, groups: Groups | 
 
 
 __all__ = ["N_HALF", "case_names", "read_sample_label", "read_sample_prediction", "read_pixel_label",
-           "read_pixel_prediction", "ScoreCounts", "Float16Histogram", "average_precision", "auroc", "best_dice", "summarise",
-           "Groups", "sample_metrics", "pixel_metrics"]
+           "read_pixel_prediction", "ScoreCounts", "Float16Histogram", "average_precision", "auroc",
+           "best_dice", "summarise", "Groups", "sample_metrics", "pixel_metrics"]
