@@ -13,7 +13,8 @@ one picture of what the networks make of held-out slices (input, reconstruction,
 the LSR pixel map, the label outlined: two planes of that case and one of a normal case,
 :mod:`mood.validation.stages`), what restoration does to the normal cases (the share of their codes
 it replaces, ``|x - restoration|`` against ``|x - recon|`` inside the body: false alarms in the
-making), the LSR's case scores (``<work>/<region>_lsr_case_scores.npz``: what
+making), whether the prior finds the anomalies unlikely (the share of their codes above lambda_p,
+which restoration replaces first, against the normal body's; all and per kind), the LSR's case scores (``<work>/<region>_lsr_case_scores.npz``: what
 ``compare_heldout.py --scores`` resamples) and (``--card``) the numbers into the weights card under
 ``info.validation.held_out``. Besides the whole set, both tasks are scored per anomaly kind and
 per anomaly size (changed voxels), each group's anomalous cases with all the normal ones: what
@@ -37,13 +38,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from mood.config import METHODS, region_preset  # noqa: E402
 from mood.method.detector import Detector  # noqa: E402
 from mood.validation.bootstrap import read_case_scores, save_case_scores  # noqa: E402
-from mood.validation.stages import Row, draw_stages, planes_to_draw, restoration_on_normal  # noqa: E402
+from mood.validation.stages import (Row, draw_stages, nll_on_anomaly, planes_to_draw,  # noqa: E402
+                                    restoration_on_normal)
 from mood.validation.show import show  # noqa: E402
 from mood.validation.toy import MANIFEST, make_toy  # noqa: E402
 from mood.validation.validate import validate  # noqa: E402
@@ -117,7 +120,7 @@ def group_table(methods: dict[str, dict]) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _volume(path: Path) -> np.ndarray:
-    """A toy volume in [0, 1], read once although the picture and the normals' summary both use it."""
+    """A toy volume in [0, 1], read once although the picture and the summaries both use it."""
     return load_volume(path).data
 
 
@@ -144,6 +147,32 @@ def normals_summary(det: Detector, region_dir: Path, cases: dict[str, dict]) -> 
     if not rows:
         return {}
     return {"cases": len(rows), **{k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]}}
+
+
+def anomalies_summary(det: Detector, region_dir: Path, cases: dict[str, dict]) -> dict:
+    """Does the prior find the anomalies unlikely? :func:`mood.validation.stages.nll_on_anomaly`
+    pooled over the anomalous cases (all, and per kind): the share of their codes above lambda_p
+    (what restoration replaces first) against the normal body's, and the median NLL of each."""
+    lam = det.card.threshold_pixel
+    pooled: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for name, c in sorted(cases.items()):
+        if c["kind"] is None:
+            continue
+        label = load_volume(region_dir / "toy_label" / "pixel" / name).data > 0.5
+        split = nll_on_anomaly(det, _volume(region_dir / "toy" / name), label)
+        for group in ("all", c["kind"]):
+            pooled.setdefault(group, []).append(split)
+
+    def numbers(splits: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+        anomalous, normal = (torch.cat([sp[i] for sp in splits]) for i in (0, 1))
+        out = {"cases": len(splits), "anomalous_codes": len(anomalous)}
+        for what, v in (("anomalous", anomalous), ("normal", normal)):
+            if len(v):
+                out[f"{what}_above_lambda_p"] = round(float((v > lam).double().mean()), 4)
+                out[f"{what}_nll_median"] = round(float(v.median()), 4)
+        return out
+
+    return {g: numbers(splits) for g, splits in pooled.items()}
 
 
 def main() -> int:
@@ -213,6 +242,7 @@ def main() -> int:
         pictures["stages"] = stages_picture(det, region_dir, args.work / "pred" / "lsr" / args.region / "pixel",
                                             report["cases"], args.work / f"{args.region}_stages.png")
         report["normals"] = normals_summary(det, region_dir, report["cases"])
+        report["anomalies"] = anomalies_summary(det, region_dir, report["cases"])
     report["seconds"] = round(time.perf_counter() - start, 1)
     out_json = args.work / f"{args.region}_validation.json"
     write_json(out_json, report)
@@ -232,6 +262,7 @@ def main() -> int:
            for method in args.methods},
         "pictures": {m: str(p) for m, p in pictures.items()},
         **({"normals": report["normals"]} if report.get("normals") else {}),
+        **({"anomalies": report["anomalies"]} if report.get("anomalies") else {}),
         **({"case_scores": str(scores_file)} if "lsr" in args.methods else {}),
     }
     if args.card:

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mood.method.detector import Detector
-from mood.validation.stages import Row, draw_stages, planes_to_draw, restoration_on_normal, stage_images
+from mood.validation.stages import (Row, draw_stages, nll_on_anomaly, planes_to_draw, restoration_on_normal,
+                                    stage_images)
 
 from conftest import head_phantom
 
@@ -54,3 +55,19 @@ def test_restoration_on_normal_counts_what_the_threshold_lets_the_prior_replace(
     some = measured(median)
     assert some["above_threshold"] == pytest.approx(float((nll > median).double().mean()))
     assert 0.0 < some["changed"] <= 1.0 and some["restoration_fg"] != pytest.approx(recon_fg)
+
+
+def test_nll_on_anomaly_splits_the_codes_by_label_and_body(tiny_weights):
+    det = Detector.load("brain", tiny_weights, device="cpu")
+    vol = head_phantom((40, 36, 20), seed=5)
+    s = det.slices(vol, n_slices=4)
+    nll = det.code_nll(det.encode(s), s.coord).double()
+    label = np.zeros(vol.shape, bool)
+    label[:, :, s.grid.indices[1]] = True  # the whole of the second scored plane
+    anomalous, normal = nll_on_anomaly(det, vol, label, n_slices=4)
+    torch.testing.assert_close(anomalous, nll[1].flatten())
+    others = set(nll[[0, 2, 3]].flatten().tolist())
+    assert len(normal) > 0 and set(normal.tolist()) <= others
+    none, all_normal = nll_on_anomaly(det, vol, np.zeros_like(label), n_slices=4)
+    assert len(none) == 0 and len(all_normal) > len(normal)  # the second plane's body joins the normal cells
+    assert len(all_normal) < nll.numel()  # background cells are neither

@@ -49,6 +49,10 @@ def test_validate_weights_writes_both_methods_into_the_card(tmp_path, sources):
     normals = held_out["normals"]  # what restoration does to the normal case
     assert normals["cases"] == 1 and 0.0 <= normals["changed"] <= 1.0 and normals["recon_fg"] > 0.0
     assert normals == {"cases": 1, **{k: round(v, 4) for k, v in report["normals"].items() if k != "cases"}}
+    anomalies = held_out["anomalies"]  # does the prior find the anomalies unlikely?
+    assert anomalies == report["anomalies"] and anomalies["all"]["cases"] == 3
+    assert {c["kind"] for c in report["cases"].values() if c["kind"]} <= set(anomalies)
+    assert 0.0 <= anomalies["all"]["normal_above_lambda_p"] <= 1.0 and anomalies["all"]["normal_nll_median"] > 0.0
     assert sorted(c["source"] for c in report["cases"].values()) == ["head0.nii.gz"] * 2 + ["head1.nii.gz"] * 2
     assert sum(c["kind"] is None for c in report["cases"].values()) == 1  # a quarter are normal
     # per kind and size: each group's anomalous cases with the normal one

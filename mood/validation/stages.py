@@ -9,7 +9,9 @@ normalised ``size`` x ``size`` slice that the VQ-VAE encodes, a0 down, a1 across
 A reconstruction that does not look like the input explains every AP that follows from it; a
 restoration shows what the prior put in place of the codes it found unlikely.
 :func:`restoration_on_normal` puts the same check in numbers for a normal volume, where every code a
-restoration replaces and every voxel it moves away from the input is a false alarm.
+restoration replaces and every voxel it moves away from the input is a false alarm;
+:func:`nll_on_anomaly` the other half for an anomalous one: restoration replaces an anomaly only
+where the prior finds its codes less likely than ``lambda_p``.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..method.detector import Detector, Slices
 from ..method.slicing import SliceGrid, body_mask, extract_slices, normalise
@@ -87,6 +90,27 @@ def restoration_on_normal(det: Detector, volume: np.ndarray, n_slices: int | Non
                                     .double().mean())}
 
 
+@torch.no_grad()
+def nll_on_anomaly(det: Detector, volume: np.ndarray, label: np.ndarray,
+                   n_slices: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-code NLL of an anomalous volume's scored slices, by latent cell: ``(anomalous, normal)``,
+    float64 values of the cells mostly inside the label and of the body's cells it does not touch.
+
+    A cell is the patch of the slice that one code stands for; the label and the body are resampled
+    as the volume is (:func:`mood.method.slicing.extract_slices`), then averaged over each cell.
+    """
+    s = det.slices(volume, n_slices)
+    nll = det.code_nll(det.encode(s), s.coord)  # (S, L, L)
+
+    def cell_share(mask: torch.Tensor) -> torch.Tensor:  # (S, size, size) -> (S, L, L)
+        return F.adaptive_avg_pool2d(mask.float().unsqueeze(1), nll.shape[-1]).squeeze(1)
+
+    size = s.x.shape[-1]
+    lab = cell_share(extract_slices(torch.as_tensor(label, dtype=torch.float32, device=s.x.device), s.grid, size))
+    body = cell_share(body_mask(s.x, det.config))
+    return nll[lab > 0.5].double().cpu(), nll[(body > 0.5) & (lab == 0)].double().cpu()
+
+
 def draw_stages(det: Detector, rows: list[Row], png: Path, title: str, seed: int = 0) -> Path:
     """Draw ``rows`` (see the module's notes) into ``png``; returns its path."""
     ensure_mpl_config()
@@ -124,4 +148,5 @@ def draw_stages(det: Detector, rows: list[Row], png: Path, title: str, seed: int
     return png
 
 
-__all__ = ["COLUMNS", "Row", "draw_stages", "planes_to_draw", "restoration_on_normal", "stage_images"]
+__all__ = ["COLUMNS", "Row", "draw_stages", "nll_on_anomaly", "planes_to_draw", "restoration_on_normal",
+           "stage_images"]
