@@ -53,6 +53,7 @@ def test_validate_weights_writes_both_methods_into_the_card(tmp_path, sources):
     assert anomalies == report["anomalies"] and anomalies["all"]["cases"] == 3
     assert {c["kind"] for c in report["cases"].values() if c["kind"]} <= set(anomalies)
     assert 0.0 <= anomalies["all"]["normal_above_lambda_p"] <= 1.0 and anomalies["all"]["normal_nll_median"] > 0.0
+    assert anomalies["all"]["anomalous_codes"] > 0 and 0.0 <= anomalies["all"]["code_auroc"] <= 1.0
     assert sorted(c["source"] for c in report["cases"].values()) == ["head0.nii.gz"] * 2 + ["head1.nii.gz"] * 2
     assert sum(c["kind"] is None for c in report["cases"].values()) == 1  # a quarter are normal
     # per kind and size: each group's anomalous cases with the normal one
