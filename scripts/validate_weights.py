@@ -13,8 +13,11 @@ one picture of what the networks make of held-out slices (input, reconstruction,
 the LSR pixel map, the label outlined: two planes of that case and one of a normal case,
 :mod:`mood.validation.stages`), what restoration does to the normal cases (the share of their codes
 it replaces, ``|x - restoration|`` against ``|x - recon|`` inside the body: false alarms in the
-making), whether the prior finds the anomalies unlikely (the share of their codes above lambda_p,
-which restoration replaces first, against the normal body's; all and per kind), the LSR's case scores (``<work>/<region>_lsr_case_scores.npz``: what
+making) and how much the prior gains from the context on them (NLL against the entropy of
+their codes' own frequencies), whether the prior finds the anomalies unlikely (the AUROC of its
+NLL on their codes against the normal body's, and the share of each above lambda_p, which
+restoration replaces first; all and per kind), the LSR's case scores
+(``<work>/<region>_lsr_case_scores.npz``: what
 ``compare_heldout.py --scores`` resamples) and (``--card``) the numbers into the weights card under
 ``info.validation.held_out``. Besides the whole set, both tasks are scored per anomaly kind and
 per anomaly size (changed voxels), each group's anomalous cases with all the normal ones: what
@@ -46,7 +49,7 @@ from mood.config import METHODS, region_preset  # noqa: E402
 from mood.method.detector import Detector  # noqa: E402
 from mood.validation.bootstrap import read_case_scores, save_case_scores  # noqa: E402
 from mood.validation.metrics import ScoreCounts, auroc  # noqa: E402
-from mood.validation.stages import (Row, draw_stages, nll_on_anomaly, planes_to_draw,  # noqa: E402
+from mood.validation.stages import (Row, context_gain, draw_stages, nll_on_anomaly, planes_to_draw,  # noqa: E402
                                     restoration_on_normal)
 from mood.validation.show import show  # noqa: E402
 from mood.validation.toy import MANIFEST, make_toy  # noqa: E402
@@ -141,9 +144,11 @@ def stages_picture(det: Detector, region_dir: Path, pred: Path, cases: dict[str,
 
 
 def normals_summary(det: Detector, region_dir: Path, cases: dict[str, dict]) -> dict[str, float]:
-    """:func:`mood.validation.stages.restoration_on_normal` averaged over the normal cases (3
-    restorations each), rounded for the card."""
-    rows = [restoration_on_normal(det, _volume(region_dir / "toy" / name))
+    """:func:`mood.validation.stages.restoration_on_normal` (3 restorations) and
+    :func:`~mood.validation.stages.context_gain` (``context_*``) averaged over the normal cases,
+    rounded for the card."""
+    rows = [{**restoration_on_normal(det, _volume(region_dir / "toy" / name)),
+             **{f"context_{k}": v for k, v in context_gain(det, _volume(region_dir / "toy" / name)).items()}}
             for name, c in sorted(cases.items()) if c["kind"] is None]
     if not rows:
         return {}

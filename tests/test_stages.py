@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mood.method.detector import Detector
-from mood.validation.stages import (Row, draw_stages, nll_on_anomaly, planes_to_draw, restoration_on_normal,
-                                    stage_images)
+from mood.validation.stages import (Row, context_gain, draw_stages, nll_on_anomaly, planes_to_draw,
+                                    restoration_on_normal, stage_images)
 
 from conftest import head_phantom
 
@@ -71,3 +71,22 @@ def test_nll_on_anomaly_splits_the_codes_by_label_and_body(tiny_weights):
     none, all_normal = nll_on_anomaly(det, vol, np.zeros_like(label), n_slices=4)
     assert len(none) == 0 and len(all_normal) > len(normal)  # the second plane's body joins the normal cells
     assert len(all_normal) < nll.numel()  # background cells are neither
+
+
+def test_context_gain_is_zero_for_a_prior_that_knows_only_the_code_frequencies(tiny_weights):
+    det = Detector.load("brain", tiny_weights, device="cpu")
+    vol = head_phantom((40, 36, 20), seed=6)
+    measured = context_gain(det, vol, n_slices=4)
+    assert measured["gain"] == pytest.approx(measured["unigram"] - measured["nll"])
+    s = det.slices(vol, n_slices=4)
+    codes = det.encode(s)
+    _, body_nll = nll_on_anomaly(det, vol, np.zeros(vol.shape, bool), n_slices=4)  # the same body cells
+    assert measured["nll"] == pytest.approx(float(body_nll.mean()))
+    # a prior whose logits are the log-frequencies of the body's codes pays exactly their entropy
+    cells = torch.nn.functional.adaptive_avg_pool2d((s.x != 0).float().unsqueeze(1), codes.shape[-1]).squeeze(1) > 0.5
+    freq = torch.bincount(codes[cells], minlength=det.config.prior.n_codes).double() / cells.sum()
+    assert len(body_nll) == int(cells.sum())
+    log_freq = freq.clamp_min(1e-300).log().float()
+    det.prior = lambda c, coord: log_freq.view(1, -1, 1, 1).expand(len(c), -1, *c.shape[1:]).contiguous()
+    unigram = context_gain(det, vol, n_slices=4)
+    assert unigram["gain"] == pytest.approx(0.0, abs=1e-4) and unigram["unigram"] == pytest.approx(measured["unigram"])

@@ -49,6 +49,7 @@ def test_validate_weights_writes_both_methods_into_the_card(tmp_path, sources):
     normals = held_out["normals"]  # what restoration does to the normal case
     assert normals["cases"] == 1 and 0.0 <= normals["changed"] <= 1.0 and normals["recon_fg"] > 0.0
     assert normals == {"cases": 1, **{k: round(v, 4) for k, v in report["normals"].items() if k != "cases"}}
+    assert normals["context_gain"] == pytest.approx(normals["context_unigram"] - normals["context_nll"], abs=2e-4)
     anomalies = held_out["anomalies"]  # does the prior find the anomalies unlikely?
     assert anomalies == report["anomalies"] and anomalies["all"]["cases"] == 3
     assert {c["kind"] for c in report["cases"].values() if c["kind"]} <= set(anomalies)

@@ -11,7 +11,8 @@ restoration shows what the prior put in place of the codes it found unlikely.
 :func:`restoration_on_normal` puts the same check in numbers for a normal volume, where every code a
 restoration replaces and every voxel it moves away from the input is a false alarm;
 :func:`nll_on_anomaly` the other half for an anomalous one: restoration replaces an anomaly only
-where the prior finds its codes less likely than ``lambda_p``.
+where the prior finds its codes less likely than ``lambda_p``; :func:`context_gain` says how much
+of that the prior can know from the neighbouring codes at all.
 """
 from __future__ import annotations
 
@@ -111,6 +112,23 @@ def nll_on_anomaly(det: Detector, volume: np.ndarray, label: np.ndarray,
     return nll[lab > 0.5].double().cpu(), nll[(body > 0.5) & (lab == 0)].double().cpu()
 
 
+@torch.no_grad()
+def context_gain(det: Detector, volume: np.ndarray, n_slices: int | None = None) -> dict[str, float]:
+    """How much the prior gets from the context on a normal volume's body codes: their mean NLL
+    (``nll``), the entropy of their own frequencies (``unigram``: what a prior that knew only how
+    often each code occurs in this very volume would pay) and the difference (``gain``, nats).
+
+    A prior that gains little finds a code out of place hardly less likely than a normal one.
+    """
+    s = det.slices(volume, n_slices)
+    codes = det.encode(s)
+    nll = det.code_nll(codes, s.coord)
+    body = F.adaptive_avg_pool2d(body_mask(s.x, det.config).float().unsqueeze(1), nll.shape[-1]).squeeze(1) > 0.5
+    freq = torch.bincount(codes[body], minlength=det.config.prior.n_codes).double() / body.sum()
+    mean_nll, unigram = float(nll[body].double().mean()), float(-freq[codes[body]].log().mean())
+    return {"nll": mean_nll, "unigram": unigram, "gain": unigram - mean_nll}
+
+
 def draw_stages(det: Detector, rows: list[Row], png: Path, title: str, seed: int = 0) -> Path:
     """Draw ``rows`` (see the module's notes) into ``png``; returns its path."""
     ensure_mpl_config()
@@ -148,5 +166,5 @@ def draw_stages(det: Detector, rows: list[Row], png: Path, title: str, seed: int
     return png
 
 
-__all__ = ["COLUMNS", "Row", "draw_stages", "nll_on_anomaly", "planes_to_draw", "restoration_on_normal",
+__all__ = ["COLUMNS", "Row", "context_gain", "draw_stages", "nll_on_anomaly", "planes_to_draw", "restoration_on_normal",
            "stage_images"]
