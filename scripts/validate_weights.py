@@ -147,9 +147,9 @@ def normals_summary(det: Detector, region_dir: Path, cases: dict[str, dict]) -> 
     """:func:`mood.validation.stages.restoration_on_normal` (3 restorations) and
     :func:`~mood.validation.stages.context_gain` (``context_*``) averaged over the normal cases,
     rounded for the card."""
-    rows = [{**restoration_on_normal(det, _volume(region_dir / "toy" / name)),
-             **{f"context_{k}": v for k, v in context_gain(det, _volume(region_dir / "toy" / name)).items()}}
-            for name, c in sorted(cases.items()) if c["kind"] is None]
+    volumes = [_volume(region_dir / "toy" / name) for name, c in sorted(cases.items()) if c["kind"] is None]
+    rows = [{**restoration_on_normal(det, v), **{f"context_{k}": x for k, x in context_gain(det, v).items()}}
+            for v in volumes]
     if not rows:
         return {}
     return {"cases": len(rows), **{k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]}}
