@@ -26,6 +26,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 METRIC = {"vqvae": "holdout_recon", "prior": "holdout_nll"}
+#: the same metric inside the body (logged since session 10 for the VQ-VAE, session 12 for the prior)
+INSIDE = {"vqvae": "holdout_recon_fg", "prior": "holdout_nll_body"}
 
 
 def read_run(path: Path) -> tuple[str, list[dict]]:
@@ -58,8 +60,8 @@ def table(runs: dict[str, tuple[str, list[dict]]], at_hours: float | None = None
         equal = at_hours * 3600 if at_hours else min(rows[-1]["cpu_s"] for rows in mine.values())
         for name, rows in mine.items():
             key = METRIC[kind]
-            fg = [r for r in rows if "holdout_recon_fg" in r]
-            inside = f"{at_cpu(fg, 'holdout_recon_fg', equal):.4f}" if fg else "-"
+            fg = [r for r in rows if INSIDE[kind] in r]
+            inside = f"{at_cpu(fg, INSIDE[kind], equal):.4f}" if fg else "-"
             lines.append(f"| {name} | {kind} | {rows[-1]['step']} | {rows[-1]['cpu_s'] / 3600:.2f} | "
                          f"{key.split('_')[1]} {at_cpu(rows, key, equal):.4f} at {equal / 3600:.2f} h | "
                          f"{inside} | {min(r[key] for r in rows):.4f} | {rows[-1][key]:.4f} |")
@@ -70,7 +72,8 @@ def plot(runs: dict[str, tuple[str, list[dict]]], out: Path, logx: bool = False)
     panels = [("vqvae", "holdout_recon", "VQ-VAE: holdout L1 reconstruction"),
               ("vqvae", "holdout_recon_fg", "VQ-VAE: holdout L1 inside the body"),
               ("vqvae", "holdout_codes_used", "VQ-VAE: codes in use (holdout)"),
-              ("prior", "holdout_nll", "prior: holdout NLL per code (nats)")]
+              ("prior", "holdout_nll", "prior: holdout NLL per code (nats)"),
+              ("prior", "holdout_nll_body", "prior: holdout NLL inside the body (nats)")]
     panels = [p for p in panels if any(k == p[0] and rows and p[1] in rows[-1] for k, rows in runs.values())]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, (kind, key, title) in zip(axes[0], panels):

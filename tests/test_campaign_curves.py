@@ -81,3 +81,11 @@ def test_table_reads_the_foreground_l1_at_the_time_asked_for(tmp_path):
     old = next(line for line in done.stdout.splitlines() if line.startswith("| old |"))
     assert "recon 0.2500 at 0.02 h | 1.0000 |" in fg  # halfway between steps 50 and 100, body L1 4x
     assert "| - |" in old
+
+
+def test_table_reads_the_priors_nll_inside_the_body(tmp_path):
+    rows = [{"step": 10 * i, "cpu_s": 36.0 * i, "holdout_nll": 3.0 - i, "holdout_nll_body": 5.0 - i} for i in (1, 2)]
+    _log(tmp_path / "prior", "prior", rows)
+    prior = next(line for line in _curves(tmp_path, f"prior={tmp_path / 'prior'}").splitlines()
+                 if line.startswith("| prior |"))
+    assert "nll 1.0000 at 0.02 h | 3.0000 |" in prior

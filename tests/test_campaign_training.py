@@ -15,14 +15,14 @@ import pytest
 import torch
 
 from mood.config import tiny_preset
-from mood.method.networks import VQVAE
+from mood.method.networks import VQVAE, PixelSNAIL
 from mood.method.networks.vqvae import rotated_to
 from mood.training import Dist, learning_rate, load_checkpoint, save_checkpoint, train_prior, train_vqvae
 from mood.training.codebook import CodebookState, ema_update
 from mood.training.data import SliceBank, draw_batch, random_crops, sample_batch, tissue_planes
 from mood.training.settings import TrainSettings
 from mood.training.snapshot import restore_snapshot, save_snapshot
-from mood.training.steps import evaluate_vqvae
+from mood.training.steps import codes_of, evaluate_prior, evaluate_vqvae
 from mood.method.weights import load_prior, load_vqvae
 
 from test_train import SHAPE, _kw, _log, write_heads
@@ -144,6 +144,23 @@ def test_foreground_l1_counts_only_voxels_inside_the_body():
     err = (recon - x).abs()
     assert metrics["recon_fg"] == pytest.approx(float(err[x != 0].mean()), rel=1e-5)
     assert metrics["recon"] == pytest.approx(float(err.mean()), rel=1e-5)
+
+
+def test_prior_holdout_nll_inside_the_body_counts_only_cells_mostly_inside_it():
+    torch.manual_seed(0)
+    config = tiny_preset("brain")
+    vq, prior = VQVAE(config.vqvae).eval(), PixelSNAIL(config.prior).eval()
+    size, cells = config.vqvae.image_size, config.prior.latent_size
+    x = torch.full((3, size, size), config.background)
+    x[:, : size // 2] = torch.rand(3, size // 2, size) + 0.5  # the upper half of every slice is body
+    coord = torch.rand(3, 1) - 0.5
+    metrics = evaluate_prior(prior, (x, coord), Dist(), TrainSettings(batch_size=2), vq=vq, config=config)
+    with torch.no_grad():
+        codes = codes_of(vq, x, coord)
+        per_code = torch.nn.functional.cross_entropy(prior(codes, coord), codes, reduction="none")
+    assert metrics["nll"] == pytest.approx(float(per_code.mean()), rel=1e-5)
+    assert metrics["nll_body"] == pytest.approx(float(per_code[:, : cells // 2].mean()), rel=1e-5)
+    assert metrics["nll_body"] != pytest.approx(metrics["nll"], rel=1e-3)
 
 
 def test_learning_rate_rewarms_a_fresh_optimiser():

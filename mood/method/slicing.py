@@ -91,6 +91,12 @@ def body_mask(x: torch.Tensor, config: RegionConfig) -> torch.Tensor:
     return x > config.background + AIR_MARGIN
 
 
+def cell_share(mask: torch.Tensor, cells: int) -> torch.Tensor:
+    """Share of each latent cell (the patch one code stands for) that ``mask`` covers:
+    (n, S, S) -> (n, L, L) with L = ``cells``."""
+    return F.adaptive_avg_pool2d(mask.float().unsqueeze(1), cells).squeeze(1)
+
+
 def foreground_stats(volume: torch.Tensor, threshold: float) -> tuple[float, float]:
     """Mean and standard deviation (float64 accumulation) of voxels above ``threshold``."""
     values = volume[volume > threshold].double()

@@ -109,7 +109,7 @@ def train_prior(region: str, data: Path, out: Path, *, vqvae: Path, settings: Tr
         kind="prior", config=config, model=model, select="nll",
         init=partial(_start, model=model, settings=settings, init_from=init_from, config=config, load=load_prior),
         step=partial(prior_step, settings=settings, vq=vq),
-        evaluate=partial(evaluate_prior, settings=settings, vq=vq),
+        evaluate=partial(evaluate_prior, settings=settings, vq=vq, config=config),
         export=partial(save_trained_prior, out=out, config=config, vq_card=vq_card, vq=vq, vqvae=vqvae, model=model,
                        init_from=init_from))
     return run_loop(recipe, region=region, data=data, out=out, settings=settings, holdout=holdout, resume=resume,

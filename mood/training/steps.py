@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import RegionConfig
 from ..method.networks import VQVAE, PixelSNAIL, vq_losses
+from ..method.slicing import body_mask, cell_share
 from .codebook import CodebookState, code_stats, ema_update, reseed_dead_codes, restart_ema
 from .data import chunks
 from .distributed import Dist, all_reduce
@@ -129,19 +131,25 @@ def evaluate_vqvae(model: VQVAE, ev: tuple[torch.Tensor, torch.Tensor], d: Dist,
 
 @torch.no_grad()
 def evaluate_prior(model: PixelSNAIL, ev: tuple[torch.Tensor, torch.Tensor], d: Dist,
-                   settings: TrainSettings, vq: VQVAE) -> dict[str, float]:
-    """Holdout NLL per code (nats) of the prior on ``vq``'s codes of fixed slices (eval mode)."""
+                   settings: TrainSettings, vq: VQVAE, config: RegionConfig) -> dict[str, float]:
+    """Holdout NLL per code (nats) of the prior on ``vq``'s codes of fixed slices (eval mode):
+    over all codes (``nll``, the selection metric) and over the codes of cells more than half
+    inside the body (``nll_body``: where anomalies are; the whole-slice mean is mostly air)."""
     was = model.training
     model.eval()
     vq.to(d.device)
-    nll, n = 0.0, 0
+    nll, n, body_nll, n_body = 0.0, 0, 0.0, 0
     for x, coord in chunks(*ev, settings.batch_size):
         x, coord = x.to(d.device), coord.to(d.device)
         codes = codes_of(vq, x, coord)
-        nll += float(F.cross_entropy(model(codes, coord), codes, reduction="sum"))
+        per_code = F.cross_entropy(model(codes, coord), codes, reduction="none")  # (B, L, L)
+        body = cell_share(body_mask(x, config), codes.shape[-1]) > 0.5
+        nll += float(per_code.sum())
         n += codes.numel()
+        body_nll += float(per_code[body].sum())
+        n_body += int(body.sum())
     model.train(was)
-    return {"nll": nll / max(n, 1)}
+    return {"nll": nll / max(n, 1), "nll_body": body_nll / max(n_body, 1)}
 
 
 __all__ = ["Batch", "codes_of", "evaluate_prior", "evaluate_vqvae", "prior_step", "vqvae_step"]

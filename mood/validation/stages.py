@@ -21,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..method.detector import Detector, Slices
-from ..method.slicing import SliceGrid, body_mask, extract_slices, normalise
+from ..method.slicing import SliceGrid, body_mask, cell_share, extract_slices, normalise
 from .show import ensure_mpl_config
 
 COLUMNS = ("input, label outlined", "reconstruction", "one restoration", "pixel map, label outlined")
@@ -91,11 +90,6 @@ def restoration_on_normal(det: Detector, volume: np.ndarray, n_slices: int | Non
                                     .double().mean())}
 
 
-def _cell_share(mask: torch.Tensor, cells: int) -> torch.Tensor:
-    """Share of each latent cell (the patch one code stands for) that ``mask`` covers: (S, size, size) -> (S, L, L)."""
-    return F.adaptive_avg_pool2d(mask.float().unsqueeze(1), cells).squeeze(1)
-
-
 @torch.no_grad()
 def nll_on_anomaly(det: Detector, volume: np.ndarray, label: np.ndarray,
                    n_slices: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,9 +102,9 @@ def nll_on_anomaly(det: Detector, volume: np.ndarray, label: np.ndarray,
     s = det.slices(volume, n_slices)
     nll = det.code_nll(det.encode(s), s.coord)  # (S, L, L)
     size, cells = s.x.shape[-1], nll.shape[-1]
-    lab = _cell_share(extract_slices(torch.as_tensor(label, dtype=torch.float32, device=s.x.device), s.grid, size),
+    lab = cell_share(extract_slices(torch.as_tensor(label, dtype=torch.float32, device=s.x.device), s.grid, size),
                       cells)
-    body = _cell_share(body_mask(s.x, det.config), cells)
+    body = cell_share(body_mask(s.x, det.config), cells)
     return nll[lab > 0.5].double().cpu(), nll[(body > 0.5) & (lab == 0)].double().cpu()
 
 
@@ -125,7 +119,7 @@ def context_gain(det: Detector, volume: np.ndarray, n_slices: int | None = None)
     s = det.slices(volume, n_slices)
     codes = det.encode(s)
     nll = det.code_nll(codes, s.coord)
-    body = _cell_share(body_mask(s.x, det.config), nll.shape[-1]) > 0.5
+    body = cell_share(body_mask(s.x, det.config), nll.shape[-1]) > 0.5
     freq = torch.bincount(codes[body], minlength=det.config.prior.n_codes).double() / body.sum()
     mean_nll, unigram = float(nll[body].double().mean()), float(-freq[codes[body]].log().mean())
     return {"nll": mean_nll, "unigram": unigram, "gain": unigram - mean_nll}
