@@ -1,0 +1,82 @@
+"""Read prior checkpoints without a validation: code AUROC and context gain on a toy set.
+
+For each prior (the weights folder's own, or each CHECKPOINT: a prior's ``model-STEP.safetensors``
+from ``OUT/train/prior/`` of a run on the same frozen VQ-VAE), on a ``mood make-toy`` folder in
+challenge form:
+
+- ``code_auroc``: per-code NLL of the anomalous cases' codes (latent cells more than half inside
+  a label) against their normal body's codes: whether any lambda_p could tell them apart;
+- on the normal cases, the body codes' mean NLL, the entropy of their own frequencies
+  (``unigram``) and the difference (``gain``, nats): how much the prior gets from its context.
+
+These are the readings of ``scripts/validate_weights.py`` (``info.validation.held_out``), for one
+prior pass per case instead of a validation's restorations:
+
+    python scripts/read_prior.py --weights weights/brain --toy VAL/toy/brain RUN/train/prior/model-*.safetensors
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mood.method.detector import Detector  # noqa: E402
+from mood.validation.metrics import ScoreCounts, auroc  # noqa: E402
+from mood.validation.stages import context_gain, nll_on_anomaly  # noqa: E402
+from mood.validation.toy import MANIFEST  # noqa: E402
+from mood.volumes.volume_io import load_volume  # noqa: E402
+
+
+def read(det: Detector, cases: list[tuple[np.ndarray, np.ndarray | None]]) -> dict[str, float]:
+    """The readings of ``det``'s prior on ``cases`` (volume, label or None for a normal case)."""
+    anomalous, normal, gains = [], [], []
+    for volume, label in cases:
+        if label is None:
+            gains.append(context_gain(det, volume))
+        else:
+            a, n = nll_on_anomaly(det, volume, label)
+            anomalous.append(a)
+            normal.append(n)
+    out: dict[str, float] = {}
+    if anomalous:
+        a, n = torch.cat(anomalous).numpy(), torch.cat(normal).numpy()
+        labels = np.r_[np.ones(len(a), bool), np.zeros(len(n), bool)]
+        out.update(code_auroc=auroc(ScoreCounts.from_arrays(np.r_[a, n], labels)), anomalous_codes=len(a),
+                   anomalous_nll_median=float(np.median(a)), normal_nll_median=float(np.median(n)))
+    for key in ("nll", "unigram", "gain"):
+        if gains:
+            out[f"context_{key}"] = float(np.mean([g[key] for g in gains]))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--weights", type=Path, required=True, help="weights folder: card, VQ-VAE and a prior of this shape")
+    ap.add_argument("--region", choices=("brain", "abdom"), default="brain")
+    ap.add_argument("--toy", type=Path, required=True, help="a `mood make-toy` output folder (toy/, toy_label/, manifest)")
+    ap.add_argument("checkpoints", nargs="*", type=Path, help="prior state dicts to read in turn (default: the folder's prior)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    det = Detector.load(args.region, args.weights, device="cpu")
+    manifest = json.loads((args.toy / MANIFEST).read_text())["cases"]
+    cases = [(load_volume(args.toy / "toy" / name).data,
+              load_volume(args.toy / "toy_label" / "pixel" / name).data > 0.5 if case["kind"] else None)
+             for name, case in sorted(manifest.items())]
+    for ckpt in args.checkpoints or [None]:
+        if ckpt is not None:
+            det.prior.load_state_dict({k: v.float() for k, v in load_file(str(ckpt)).items()})
+        det.prior.eval()
+        print(json.dumps({"prior": str(ckpt or args.weights), **{k: round(v, 4) for k, v in read(det, cases).items()}}),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

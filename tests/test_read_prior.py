@@ -1,0 +1,44 @@
+"""scripts/read_prior.py: a prior's code AUROC and context gain on a toy set, per checkpoint."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from mood.method.weights import load_prior
+from mood.validation.toy import make_toy
+
+from conftest import head_phantom, make_weights, write_nifti
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "read_prior.py"
+SIZE = (40, 36, 20)
+
+
+def test_read_prior_reads_the_folders_prior_and_each_checkpoint(tmp_path):
+    weights = make_weights(tmp_path / "w", "brain")
+    src = tmp_path / "normals"
+    src.mkdir()
+    for i in range(2):
+        write_nifti(src / f"head{i}.nii.gz", head_phantom(SIZE, seed=i))
+    make_toy(src, tmp_path / "toy", count=4, seed=0, region="brain", size=SIZE)
+    prior = load_prior(weights)
+    torch.manual_seed(1)
+    ckpt = tmp_path / "model-10.safetensors"
+    save_file({k: v + 0.5 * torch.randn_like(v) for k, v in prior.state_dict().items()}, str(ckpt))
+    run = subprocess.run([sys.executable, str(SCRIPT), "--weights", str(weights), "--toy", str(tmp_path / "toy")],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    own = json.loads(run.stdout.strip().splitlines()[-1])
+    assert own["prior"] == str(weights) and own["anomalous_codes"] > 0 and 0.0 <= own["code_auroc"] <= 1.0
+    assert own["context_gain"] == pytest.approx(own["context_unigram"] - own["context_nll"], abs=2e-4)
+    run = subprocess.run([sys.executable, str(SCRIPT), "--weights", str(weights), "--toy", str(tmp_path / "toy"),
+                          str(ckpt)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    other = json.loads(run.stdout.strip().splitlines()[-1])
+    assert other["prior"] == str(ckpt) and other["context_unigram"] == own["context_unigram"]  # the same codes
+    assert other["context_nll"] != pytest.approx(own["context_nll"], abs=1e-3)  # another prior's NLL
