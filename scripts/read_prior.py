@@ -4,8 +4,9 @@ For each prior (the weights folder's own, or each CHECKPOINT: a prior's ``model-
 from ``OUT/train/prior/`` of a run on the same frozen VQ-VAE), on a ``mood make-toy`` folder in
 challenge form:
 
-- ``code_auroc``: per-code NLL of the anomalous cases' codes (latent cells more than half inside
-  a label) against their normal body's codes: whether any lambda_p could tell them apart;
+- :func:`mood.validation.stages.code_separation` of the anomalous cases: the AUROC of per-code NLL
+  (latent cells more than half inside a label against their normal body's: whether any lambda_p
+  could tell them apart), the share of each above the card's lambda_p and their median NLL;
 - on the normal cases, the body codes' mean NLL, the entropy of their own frequencies
   (``unigram``) and the difference (``gain``, nats): how much the prior gets from its context.
 
@@ -27,31 +28,18 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mood.method.detector import Detector  # noqa: E402
-from mood.validation.metrics import ScoreCounts, auroc  # noqa: E402
-from mood.validation.stages import context_gain, nll_on_anomaly  # noqa: E402
+from mood.validation.stages import code_separation, context_gain, nll_on_anomaly  # noqa: E402
 from mood.validation.toy import MANIFEST  # noqa: E402
 from mood.volumes.volume_io import load_volume  # noqa: E402
 
 
 def read(det: Detector, cases: list[tuple[np.ndarray, np.ndarray | None]]) -> dict[str, float]:
     """The readings of ``det``'s prior on ``cases`` (volume, label or None for a normal case)."""
-    anomalous, normal, gains = [], [], []
-    for volume, label in cases:
-        if label is None:
-            gains.append(context_gain(det, volume))
-        else:
-            a, n = nll_on_anomaly(det, volume, label)
-            anomalous.append(a)
-            normal.append(n)
-    out: dict[str, float] = {}
-    if anomalous:
-        a, n = torch.cat(anomalous).numpy(), torch.cat(normal).numpy()
-        labels = np.r_[np.ones(len(a), bool), np.zeros(len(n), bool)]
-        out.update(code_auroc=auroc(ScoreCounts.from_arrays(np.r_[a, n], labels)), anomalous_codes=len(a),
-                   anomalous_nll_median=float(np.median(a)), normal_nll_median=float(np.median(n)))
-    for key in ("nll", "unigram", "gain"):
-        if gains:
-            out[f"context_{key}"] = float(np.mean([g[key] for g in gains]))
+    splits = [nll_on_anomaly(det, volume, label) for volume, label in cases if label is not None]
+    gains = [context_gain(det, volume) for volume, label in cases if label is None]
+    out = code_separation(splits, det.card.threshold_pixel) if splits else {}
+    if gains:
+        out.update({f"context_{k}": float(np.mean([g[k] for g in gains])) for k in gains[0]})
     return out
 
 

@@ -48,8 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from mood.config import METHODS, region_preset  # noqa: E402
 from mood.method.detector import Detector  # noqa: E402
 from mood.validation.bootstrap import read_case_scores, save_case_scores  # noqa: E402
-from mood.validation.metrics import ScoreCounts, auroc  # noqa: E402
-from mood.validation.stages import (Row, context_gain, draw_stages, nll_on_anomaly, planes_to_draw,  # noqa: E402
+from mood.validation.stages import (Row, code_separation, context_gain, draw_stages, nll_on_anomaly, planes_to_draw,  # noqa: E402
                                     restoration_on_normal)
 from mood.validation.show import show  # noqa: E402
 from mood.validation.toy import MANIFEST, make_toy  # noqa: E402
@@ -156,11 +155,8 @@ def normals_summary(det: Detector, region_dir: Path, cases: dict[str, dict]) -> 
 
 
 def anomalies_summary(det: Detector, region_dir: Path, cases: dict[str, dict]) -> dict:
-    """Does the prior find the anomalies unlikely? :func:`mood.validation.stages.nll_on_anomaly`
-    pooled over the anomalous cases (all, and per kind): the AUROC of per-code NLL, anomalous codes
-    against the normal body's (``code_auroc``: whether any lambda_p could tell them apart), the share
-    of each above lambda_p (what restoration replaces first), and the median NLL of each."""
-    lam = det.card.threshold_pixel
+    """Does the prior find the anomalies unlikely? :func:`mood.validation.stages.code_separation` of
+    the anomalous cases (all, and per kind)."""
     pooled: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     for name, c in sorted(cases.items()):
         if c["kind"] is None:
@@ -169,21 +165,7 @@ def anomalies_summary(det: Detector, region_dir: Path, cases: dict[str, dict]) -
         split = nll_on_anomaly(det, _volume(region_dir / "toy" / name), label)
         for group in ("all", c["kind"]):
             pooled.setdefault(group, []).append(split)
-
-    def numbers(splits: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
-        anomalous, normal = (torch.cat([sp[i] for sp in splits]) for i in (0, 1))
-        out = {"cases": len(splits), "anomalous_codes": len(anomalous)}
-        if len(anomalous) and len(normal):  # 0.5: no better than chance
-            labels = np.r_[np.ones(len(anomalous), bool), np.zeros(len(normal), bool)]
-            counts = ScoreCounts.from_arrays(torch.cat([anomalous, normal]).numpy(), labels)
-            out["code_auroc"] = round(auroc(counts), 4)
-        for what, v in (("anomalous", anomalous), ("normal", normal)):
-            if len(v):
-                out[f"{what}_above_lambda_p"] = round(float((v > lam).double().mean()), 4)
-                out[f"{what}_nll_median"] = round(float(v.median()), 4)
-        return out
-
-    return {g: numbers(splits) for g, splits in pooled.items()}
+    return {g: code_separation(splits, det.card.threshold_pixel) for g, splits in pooled.items()}
 
 
 def main() -> int:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mood.method.detector import Detector
+from mood.method.slicing import cell_share
 from mood.validation.stages import (Row, context_gain, draw_stages, nll_on_anomaly, planes_to_draw,
                                     restoration_on_normal, stage_images)
 
@@ -83,7 +84,7 @@ def test_context_gain_is_zero_for_a_prior_that_knows_only_the_code_frequencies(t
     _, body_nll = nll_on_anomaly(det, vol, np.zeros(vol.shape, bool), n_slices=4)  # the same body cells
     assert measured["nll"] == pytest.approx(float(body_nll.mean()))
     # a prior whose logits are the log-frequencies of the body's codes pays exactly their entropy
-    cells = torch.nn.functional.adaptive_avg_pool2d((s.x != 0).float().unsqueeze(1), codes.shape[-1]).squeeze(1) > 0.5
+    cells = cell_share(s.x != 0, codes.shape[-1]) > 0.5
     freq = torch.bincount(codes[cells], minlength=det.config.prior.n_codes).double() / cells.sum()
     assert len(body_nll) == int(cells.sum())
     log_freq = freq.clamp_min(1e-300).log().float()

@@ -24,6 +24,7 @@ import torch
 
 from ..method.detector import Detector, Slices
 from ..method.slicing import SliceGrid, body_mask, cell_share, extract_slices, normalise
+from .metrics import ScoreCounts, auroc
 from .show import ensure_mpl_config
 
 COLUMNS = ("input, label outlined", "reconstruction", "one restoration", "pixel map, label outlined")
@@ -108,6 +109,23 @@ def nll_on_anomaly(det: Detector, volume: np.ndarray, label: np.ndarray,
     return nll[lab > 0.5].double().cpu(), nll[(body > 0.5) & (lab == 0)].double().cpu()
 
 
+def code_separation(splits: list[tuple[torch.Tensor, torch.Tensor]], lambda_p: float) -> dict:
+    """:func:`nll_on_anomaly`'s ``(anomalous, normal)`` splits of some cases, pooled: the AUROC of
+    per-code NLL, anomalous codes against the normal body's (``code_auroc``: whether any lambda_p
+    could tell them apart; 0.5 is chance), the share of each above ``lambda_p`` (what restoration
+    replaces first) and the median NLL of each, rounded to 4 places."""
+    anomalous, normal = (torch.cat([sp[i] for sp in splits]) for i in (0, 1))
+    out = {"cases": len(splits), "anomalous_codes": len(anomalous)}
+    if len(anomalous) and len(normal):
+        labels = np.r_[np.ones(len(anomalous), bool), np.zeros(len(normal), bool)]
+        out["code_auroc"] = round(auroc(ScoreCounts.from_arrays(torch.cat([anomalous, normal]).numpy(), labels)), 4)
+    for what, v in (("anomalous", anomalous), ("normal", normal)):
+        if len(v):
+            out[f"{what}_above_lambda_p"] = round(float((v > lambda_p).double().mean()), 4)
+            out[f"{what}_nll_median"] = round(float(v.median()), 4)
+    return out
+
+
 @torch.no_grad()
 def context_gain(det: Detector, volume: np.ndarray, n_slices: int | None = None) -> dict[str, float]:
     """How much the prior gets from the context on a normal volume's body codes: their mean NLL
@@ -162,5 +180,5 @@ def draw_stages(det: Detector, rows: list[Row], png: Path, title: str, seed: int
     return png
 
 
-__all__ = ["COLUMNS", "Row", "context_gain", "draw_stages", "nll_on_anomaly", "planes_to_draw", "restoration_on_normal",
+__all__ = ["COLUMNS", "Row", "code_separation", "context_gain", "draw_stages", "nll_on_anomaly", "planes_to_draw", "restoration_on_normal",
            "stage_images"]
