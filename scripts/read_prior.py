@@ -8,18 +8,24 @@ challenge form:
   (latent cells more than half inside a label against their normal body's: whether any lambda_p
   could tell them apart), the share of each above the card's lambda_p and their median NLL;
 - on the normal cases, the body codes' mean NLL, the entropy of their own frequencies
-  (``unigram``) and the difference (``gain``, nats): how much the prior gets from its context.
+  (``unigram``) and the difference (``gain``, nats): how much the prior gets from its context;
+- with ``--train-head VOLUME`` (repeated: heads the prior trained on, converted to the toy set's
+  form as training converts them), the same gain on those (``train_gain``) and what of it does not
+  carry over to the unseen normal cases (``gain_gap``): the part of the context the prior has
+  learnt as memory of its training heads.
 
 These are the readings of ``scripts/validate_weights.py`` (``info.validation.held_out``), for one
 prior pass per case instead of a validation's restorations:
 
     python scripts/read_prior.py --weights weights/brain --toy VAL/toy/brain RUN/train/prior/model-*.safetensors
+    python scripts/read_prior.py --weights W --toy TOY --train-head DATA/brain/a.nii.gz --train-head DATA/brain/b.nii.gz
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,16 +36,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mood.method.detector import Detector  # noqa: E402
 from mood.validation.stages import code_separation, context_gain, nll_on_anomaly  # noqa: E402
 from mood.validation.toy import MANIFEST  # noqa: E402
+from mood.volumes.convert import ensure_challenge_form  # noqa: E402
 from mood.volumes.volume_io import load_volume  # noqa: E402
 
 
-def read(det: Detector, cases: list[tuple[np.ndarray, np.ndarray | None]]) -> dict[str, float]:
-    """The readings of ``det``'s prior on ``cases`` (volume, label or None for a normal case)."""
+def read(det: Detector, cases: list[tuple[np.ndarray, np.ndarray | None]],
+         train_heads: Sequence[np.ndarray] = ()) -> dict[str, float]:
+    """The readings of ``det``'s prior on ``cases`` (volume, label or None for a normal case) and
+    on the volumes ``train_heads`` it trained on."""
     splits = [nll_on_anomaly(det, volume, label) for volume, label in cases if label is not None]
     gains = [context_gain(det, volume) for volume, label in cases if label is None]
     out = code_separation(splits, det.card.threshold_pixel) if splits else {}
     if gains:
         out.update({f"context_{k}": float(np.mean([g[k] for g in gains])) for k in gains[0]})
+    if len(train_heads):
+        out["train_gain"] = float(np.mean([context_gain(det, volume)["gain"] for volume in train_heads]))
+        if gains:
+            out["gain_gap"] = out["train_gain"] - out["context_gain"]
     return out
 
 
@@ -50,6 +63,8 @@ def main() -> None:
     ap.add_argument("--region", choices=("brain", "abdom"), default="brain")
     ap.add_argument("--toy", type=Path, required=True, help="a `mood make-toy` output folder (toy/, toy_label/, manifest)")
     ap.add_argument("checkpoints", nargs="*", type=Path, help="prior state dicts to read in turn (default: the folder's prior)")
+    ap.add_argument("--train-head", action="append", type=Path, default=[], metavar="VOLUME",
+                    help="a volume the prior trained on (repeat the option): its context gain too, and the gap")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -58,11 +73,12 @@ def main() -> None:
     cases = [(load_volume(args.toy / "toy" / name).data,
               load_volume(args.toy / "toy_label" / "pixel" / name).data > 0.5 if case["kind"] else None)
              for name, case in sorted(manifest.items())]
+    heads = [ensure_challenge_form(path, args.region, shape=cases[0][0].shape)[0] for path in args.train_head]
     for ckpt in args.checkpoints or [None]:
         if ckpt is not None:
             det.prior.load_state_dict({k: v.float() for k, v in load_file(str(ckpt)).items()})
         det.prior.eval()
-        print(json.dumps({"prior": str(ckpt or args.weights), **{k: round(v, 4) for k, v in read(det, cases).items()}}),
+        print(json.dumps({"prior": str(ckpt or args.weights), **{k: round(v, 4) for k, v in read(det, cases, heads).items()}}),
               flush=True)
 
 
