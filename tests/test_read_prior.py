@@ -19,53 +19,53 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "read_prior.py"
 SIZE = (40, 36, 20)
 
 
-def test_read_prior_reads_the_folders_prior_and_each_checkpoint(tmp_path):
+@pytest.fixture
+def toy_set(tmp_path: Path) -> tuple[Path, Path]:
+    """Tiny brain weights and a toy set made from two phantom heads in their form: (weights, toy)."""
     weights = make_weights(tmp_path / "w", "brain")
     src = tmp_path / "normals"
     src.mkdir()
     for i in range(2):
         write_nifti(src / f"head{i}.nii.gz", head_phantom(SIZE, seed=i))
     make_toy(src, tmp_path / "toy", count=4, seed=0, region="brain", size=SIZE)
+    return weights, tmp_path / "toy"
+
+
+def read(weights: Path, toy: Path, *args: str) -> dict:
+    """The script's last line of readings, run as a user runs it."""
+    run = subprocess.run([sys.executable, str(SCRIPT), "--weights", str(weights), "--toy", str(toy), *args],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_read_prior_reads_the_folders_prior_and_each_checkpoint(tmp_path, toy_set):
+    weights, toy = toy_set
     prior = load_prior(weights)
     torch.manual_seed(1)
     ckpt = tmp_path / "model-10.safetensors"
     save_file({k: v + 0.5 * torch.randn_like(v) for k, v in prior.state_dict().items()}, str(ckpt))
-    run = subprocess.run([sys.executable, str(SCRIPT), "--weights", str(weights), "--toy", str(tmp_path / "toy")],
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
-    own = json.loads(run.stdout.strip().splitlines()[-1])
+    own = read(weights, toy)
     assert own["prior"] == str(weights) and own["anomalous_codes"] > 0 and 0.0 <= own["code_auroc"] <= 1.0
     assert own["context_gain"] == pytest.approx(own["context_unigram"] - own["context_nll"], abs=2e-4)
-    run = subprocess.run([sys.executable, str(SCRIPT), "--weights", str(weights), "--toy", str(tmp_path / "toy"),
-                          str(ckpt)], capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
-    other = json.loads(run.stdout.strip().splitlines()[-1])
+    other = read(weights, toy, str(ckpt))
     assert other["prior"] == str(ckpt) and other["context_unigram"] == own["context_unigram"]  # the same codes
     assert other["context_nll"] != pytest.approx(own["context_nll"], abs=1e-3)  # another prior's NLL
 
 
-def test_read_prior_reads_the_gain_on_training_heads_and_the_gap(tmp_path):
-    weights = make_weights(tmp_path / "w", "brain")
-    src = tmp_path / "normals"
-    src.mkdir()
-    for i in range(2):
-        write_nifti(src / f"head{i}.nii.gz", head_phantom(SIZE, seed=i))
-    make_toy(src, tmp_path / "toy", count=4, seed=0, region="brain", size=SIZE)
-    cases = json.loads((tmp_path / "toy" / "toy_manifest.json").read_text())["cases"]
-    normal = [tmp_path / "toy" / "toy" / name for name, case in sorted(cases.items()) if not case["kind"]]
+def test_read_prior_reads_the_gain_on_training_heads_and_the_gap(tmp_path, toy_set):
+    weights, toy = toy_set
+    cases = json.loads((toy / "toy_manifest.json").read_text())["cases"]
+    normal = [toy / "toy" / name for name, case in sorted(cases.items()) if not case["kind"]]
     assert normal
 
-    def read(*heads: Path) -> dict:
-        args = [a for h in heads for a in ("--train-head", str(h))]
-        run = subprocess.run([sys.executable, str(SCRIPT), "--weights", str(weights), "--toy", str(tmp_path / "toy"), *args],
-                             capture_output=True, text=True, timeout=600)
-        assert run.returncode == 0, run.stderr[-2000:]
-        return json.loads(run.stdout.strip().splitlines()[-1])
+    def heads(*paths: Path) -> list[str]:
+        return [a for p in paths for a in ("--train-head", str(p))]
 
-    same = read(*normal)  # the unseen normal cases themselves, already in the toy set's form: no gap
+    same = read(weights, toy, *heads(*normal))  # the unseen normal cases themselves, already in the toy set's form: no gap
     assert same["train_gain"] == pytest.approx(same["context_gain"], abs=2e-4)
     assert same["gain_gap"] == pytest.approx(0.0, abs=2e-4)
     write_nifti(tmp_path / "another.nii.gz", head_phantom(SIZE, seed=5))
-    other = read(tmp_path / "another.nii.gz")  # a raw head, converted to the toy set's form first
+    other = read(weights, toy, *heads(tmp_path / "another.nii.gz"))  # a raw head, converted to the toy set's form first
     assert other["gain_gap"] == pytest.approx(other["train_gain"] - other["context_gain"], abs=2e-4)
     assert other["train_gain"] != pytest.approx(same["train_gain"], abs=1e-4)
