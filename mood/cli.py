@@ -39,6 +39,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
 def _shard(text: str):
     from .running.shard import Shard
 
@@ -166,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(prior) channels of the PixelSNAIL (default: the region's, 128)")
     p.add_argument("--prior-blocks", type=_positive_int, default=None,
                    help="(prior) PixelSNAIL blocks (default: the region's, 4)")
+    p.add_argument("--prior-dropout", type=_fraction, default=None, metavar="P",
+                   help="(prior) channel dropout in the PixelSNAIL's residual blocks, a regulariser for "
+                        "priors that learn their few training heads by heart (default: the region's, 0.1)")
     p.add_argument("--schedule", choices=SCHEDULES, default=TRAIN.schedule,
                    help="learning rate after the warm-up: constant (the original's) or a cosine decay to "
                         f"lr/10 at --steps (default: {TRAIN.schedule})")
@@ -284,8 +294,9 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             parser.error("--crop applies to the VQ-VAE; the prior learns whole slices' code grids")
         if args.vqvae is None:
             parser.error("training the prior needs --vqvae DIR (the trained VQ-VAE's weights)")
-    if args.command == "train" and args.model == "vqvae" and (args.prior_channels or args.prior_blocks):
-        parser.error("--prior-channels and --prior-blocks apply to the prior")
+    if args.command == "train" and args.model == "vqvae" and (args.prior_channels or args.prior_blocks
+                                                               or args.prior_dropout is not None):
+        parser.error("--prior-channels, --prior-blocks and --prior-dropout apply to the prior")
     if args.command != "validate" and args._extra:
         parser.error(f"unrecognized arguments after '--': {' '.join(args._extra)} (only validate takes them)")
 
@@ -366,7 +377,7 @@ def _run_train(args: argparse.Namespace) -> int:
         out = train_vqvae(args.region, args.data, args.out, width=args.width, **common)
     else:
         out = train_prior(args.region, args.data, args.out, vqvae=args.vqvae, prior_channels=args.prior_channels,
-                          prior_blocks=args.prior_blocks, **common)
+                          prior_blocks=args.prior_blocks, prior_dropout=args.prior_dropout, **common)
     print(f"weights written to {out}", file=sys.stderr)
     return 0
 

@@ -193,13 +193,16 @@ def narrow(config: RegionConfig, width: float) -> RegionConfig:
     return replace(config, vqvae=replace(config.vqvae, channels=channels))
 
 
-def resize_prior(config: RegionConfig, channels: int | None = None, n_blocks: int | None = None) -> RegionConfig:
-    """``config`` with the prior's channels and/or blocks replaced (None: kept); VQ-VAE unchanged.
+def resize_prior(config: RegionConfig, channels: int | None = None, n_blocks: int | None = None,
+                 dropout: float | None = None) -> RegionConfig:
+    """``config`` with the prior's channels, blocks and/or dropout replaced (None: kept); VQ-VAE unchanged.
 
     Like :func:`narrow`, for measuring at equal CPU time what a CPU-trained prior should be.
+    Dropout acts only in training, so a weights folder's inference is the same whatever it is.
     """
     prior = replace(config.prior, channels=channels or config.prior.channels,
-                    n_blocks=n_blocks or config.prior.n_blocks)
+                    n_blocks=n_blocks or config.prior.n_blocks,
+                    dropout=config.prior.dropout if dropout is None else dropout)
     return replace(config, prior=prior)
 
 

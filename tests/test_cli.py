@@ -102,6 +102,10 @@ def test_a_real_process_prints_one_line_without_a_traceback(volumes, tmp_path):
     (["train", "prior", "--region", "brain", "--data", "d", "--out", "o"], "needs --vqvae"),
     (["train", "prior", "--region", "brain", "--data", "d", "--out", "o", "--vqvae", "v", "--width", "0.5"],
      "--width applies to the VQ-VAE"),
+    (["train", "vqvae", "--region", "brain", "--data", "d", "--out", "o", "--prior-dropout", "0.3"],
+     "--prior-dropout apply to the prior"),
+    (["train", "prior", "--region", "brain", "--data", "d", "--out", "o", "--vqvae", "v", "--prior-dropout", "1"],
+     "must be in [0, 1)"),
     (["sample", "-i", "in", "-o", "out", "--", "--seed", "1"], "only validate takes them"),
     (["sample", "-i", "in", "-o", "out", "--slices", "0"], "must be a positive integer"),
 ])

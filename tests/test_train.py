@@ -259,6 +259,20 @@ def test_narrow_vqvae_trains_its_prior_and_loads(heads, tmp_path):
     assert steps and all(r["cpu_s"] > 0 for r in steps)
 
 
+def test_resized_prior_is_what_its_card_and_loader_say(heads, tmp_path):
+    """--prior-channels/--prior-blocks/--prior-dropout reach the trained prior, its card and its loader;
+    the VQ-VAE is left as it was."""
+    vq = train_vqvae("brain", heads, tmp_path / "vq", steps=1, **_kw(tmp_path))
+    out = train_prior("brain", heads, tmp_path / "p", vqvae=vq, steps=1, prior_channels=24, prior_blocks=1,
+                      prior_dropout=0.3, **_kw(tmp_path))
+    prior = read_card(out).config.prior
+    assert (prior.channels, prior.n_blocks, prior.dropout) == (24, 1, 0.3)
+    assert read_card(out).config.vqvae == read_card(vq).config.vqvae
+    model = load_prior(out)
+    dropouts = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout2d)]
+    assert dropouts and set(dropouts) == {0.3}
+
+
 def test_bf16_steps_are_bfloat16_and_close_to_float32(heads, tmp_path):
     """--bf16 changes the numbers of a step (so the forward pass ran in bfloat16) but not by much;
     both models train under it, and the settings in the card say so."""

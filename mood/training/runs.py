@@ -80,12 +80,13 @@ def train_prior(region: str, data: Path, out: Path, *, vqvae: Path, settings: Tr
                 holdout: list[str] | None = None, resume: bool = False, tiny: bool = False,
                 device: str = "auto", threads: int | None = None, cache_dir: Path | None = None,
                 volume_shape: tuple[int, int, int] | None = None, init_from: Path | None = None,
-                prior_channels: int | None = None, prior_blocks: int | None = None, **overrides: Any) -> Path:
+                prior_channels: int | None = None, prior_blocks: int | None = None,
+                prior_dropout: float | None = None, **overrides: Any) -> Path:
     """Train the PixelSNAIL prior on the codes of the frozen VQ-VAE in weights dir ``vqvae``.
 
     Settings as for :func:`train_vqvae`. The architecture comes from ``vqvae``'s card (``tiny``
-    must agree with it), the prior's channels and blocks replaced by ``prior_channels`` and
-    ``prior_blocks`` when given (:func:`mood.config.resize_prior`). ``out`` becomes a complete
+    must agree with it), the prior's channels, blocks and dropout replaced by ``prior_channels``,
+    ``prior_blocks`` and ``prior_dropout`` when given (:func:`mood.config.resize_prior`). ``out`` becomes a complete
     weights directory (both models; calibration reset) plus ``train/prior/``, exported whenever the
     holdout NLL improves. ``init_from``: a weights folder whose prior to start from (it must have
     been trained on this VQ-VAE's codes to be of use).
@@ -95,7 +96,7 @@ def train_prior(region: str, data: Path, out: Path, *, vqvae: Path, settings: Tr
         raise ValueError(f"{vqvae} holds a {vq_card.config.region} VQ-VAE, not {region}")
     if tiny != is_tiny(vq_card.config):
         raise ValueError(f"tiny={tiny} disagrees with the VQ-VAE in {vqvae}")
-    config = resize_prior(vq_card.config, prior_channels, prior_blocks)
+    config = resize_prior(vq_card.config, prior_channels, prior_blocks, prior_dropout)
     settings = with_overrides(settings, overrides)
     if settings.crop:
         raise ValueError("crop applies to the VQ-VAE; the prior learns whole slices' code grids")
