@@ -12,13 +12,20 @@ challenge form:
 - with ``--train-head VOLUME`` (repeated: heads the prior trained on, converted to the toy set's
   form as training converts them), the same gain on those (``train_gain``) and what of it does not
   carry over to the unseen normal cases (``gain_gap``): the part of the context the prior has
-  learnt as memory of its training heads.
+  learnt as memory of its training heads;
+- with ``--sources DIR`` (the normal volumes the toy set was made from, as its manifest names
+  them), an oracle's view of the anomalous cases (:func:`mood.validation.stages.rise_over_clean`):
+  the share of anomalous cells whose code the anomaly changed (``changed_codes``) and the AUROC of
+  the NLL's rise over the clean volume's at the same cell (``oracle_auroc``): what a prior that
+  knew each cell's normal NLL would reach. Made from training heads (``mood make-toy`` of them),
+  the toy set's ``code_auroc`` says what memory of the very heads buys.
 
 These are the readings of ``scripts/validate_weights.py`` (``info.validation.held_out``), for one
 prior pass per case instead of a validation's restorations:
 
     python scripts/read_prior.py --weights weights/brain --toy VAL/toy/brain RUN/train/prior/model-*.safetensors
     python scripts/read_prior.py --weights W --toy TOY --train-head DATA/brain/a.nii.gz --train-head DATA/brain/b.nii.gz
+    python scripts/read_prior.py --weights W --toy TOY --sources NORMALS  # NORMALS: make-toy's --input
 """
 from __future__ import annotations
 
@@ -34,16 +41,17 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mood.method.detector import Detector  # noqa: E402
-from mood.validation.stages import code_separation, context_gain, nll_on_anomaly  # noqa: E402
+from mood.validation.stages import code_separation, context_gain, nll_on_anomaly, pooled_auroc, rise_over_clean  # noqa: E402
 from mood.validation.toy import MANIFEST  # noqa: E402
 from mood.volumes.convert import ensure_challenge_form  # noqa: E402
 from mood.volumes.volume_io import load_volume  # noqa: E402
 
 
 def read(det: Detector, cases: list[tuple[np.ndarray, np.ndarray | None]],
-         train_heads: Sequence[np.ndarray] = ()) -> dict[str, float]:
-    """The readings of ``det``'s prior on ``cases`` (volume, label or None for a normal case) and
-    on the volumes ``train_heads`` it trained on."""
+         train_heads: Sequence[np.ndarray] = (), clean: Sequence[np.ndarray | None] = ()) -> dict[str, float]:
+    """The readings of ``det``'s prior on ``cases`` (volume, label or None for a normal case), on
+    the volumes ``train_heads`` it trained on and, given ``clean`` (per case, the normal volume it
+    was made from), the oracle's."""
     splits = [nll_on_anomaly(det, volume, label) for volume, label in cases if label is not None]
     gains = [context_gain(det, volume) for volume, label in cases if label is None]
     out = code_separation(splits, det.card.threshold_pixel) if splits else {}
@@ -53,6 +61,13 @@ def read(det: Detector, cases: list[tuple[np.ndarray, np.ndarray | None]],
         out["train_gain"] = float(np.mean([context_gain(det, volume)["gain"] for volume in train_heads]))
         if gains:
             out["gain_gap"] = out["train_gain"] - out["context_gain"]
+    rises = [rise_over_clean(det, volume, normal, label) for (volume, label), normal in zip(cases, clean)
+             if label is not None]
+    rises = [r for r in rises if len(r[0])]  # cases whose label covers no cell say nothing here
+    if rises:
+        anomalous, normal = (torch.cat([r[i] for r in rises]) for i in (0, 1))
+        out["changed_codes"] = float(np.average([r[2] for r in rises], weights=[len(r[0]) for r in rises]))
+        out["oracle_auroc"] = pooled_auroc(anomalous, normal)
     return out
 
 
@@ -65,6 +80,8 @@ def main() -> None:
     ap.add_argument("checkpoints", nargs="*", type=Path, help="prior state dicts to read in turn (default: the folder's prior)")
     ap.add_argument("--train-head", action="append", type=Path, default=[], metavar="VOLUME",
                     help="a volume the prior trained on (repeat the option): its context gain too, and the gap")
+    ap.add_argument("--sources", type=Path, default=None, metavar="DIR",
+                    help="the normal volumes the toy set was made from (make-toy's --input): the oracle's readings too")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -73,12 +90,20 @@ def main() -> None:
     cases = [(load_volume(args.toy / "toy" / name).data,
               load_volume(args.toy / "toy_label" / "pixel" / name).data > 0.5 if case["kind"] else None)
              for name, case in sorted(manifest.items())]
-    heads = [ensure_challenge_form(path, args.region, shape=cases[0][0].shape)[0] for path in args.train_head]
+    shape = cases[0][0].shape
+    heads = [ensure_challenge_form(path, args.region, shape=shape)[0] for path in args.train_head]
+    clean: list[np.ndarray | None] = []
+    if args.sources is not None:
+        normals: dict[str, np.ndarray] = {}
+        for name, case in sorted(manifest.items()):
+            if case["kind"] and case["source"] not in normals:
+                normals[case["source"]] = ensure_challenge_form(args.sources / case["source"], args.region, shape=shape)[0]
+            clean.append(normals[case["source"]] if case["kind"] else None)
     for ckpt in args.checkpoints or [None]:
         if ckpt is not None:
             det.prior.load_state_dict({k: v.float() for k, v in load_file(str(ckpt)).items()})
         det.prior.eval()
-        print(json.dumps({"prior": str(ckpt or args.weights), **{k: round(v, 4) for k, v in read(det, cases, heads).items()}}),
+        print(json.dumps({"prior": str(ckpt or args.weights), **{k: round(v, 4) for k, v in read(det, cases, heads, clean).items()}}),
               flush=True)
 
 

@@ -20,7 +20,7 @@ SIZE = (40, 36, 20)
 
 
 @pytest.fixture
-def toy_set(tmp_path: Path) -> tuple[Path, Path]:
+def toy_set(tmp_path: Path) -> tuple[Path, Path]:  # the normals it was made from: tmp_path / "normals"
     """Tiny brain weights and a toy set made from two phantom heads in their form: (weights, toy)."""
     weights = make_weights(tmp_path / "w", "brain")
     src = tmp_path / "normals"
@@ -69,3 +69,14 @@ def test_read_prior_reads_the_gain_on_training_heads_and_the_gap(tmp_path, toy_s
     other = read(weights, toy, *heads(tmp_path / "another.nii.gz"))  # a raw head, converted to the toy set's form first
     assert other["gain_gap"] == pytest.approx(other["train_gain"] - other["context_gain"], abs=2e-4)
     assert other["train_gain"] != pytest.approx(same["train_gain"], abs=1e-4)
+
+
+def test_read_prior_reads_the_oracle_against_the_clean_sources(tmp_path, toy_set):
+    """--sources: the oracle's readings against the normal volumes the cases were made from, beside
+    the others (:func:`mood.validation.stages.rise_over_clean` is tested in test_stages)."""
+    weights, toy = toy_set
+    right = read(weights, toy, "--sources", str(tmp_path / "normals"))
+    assert 0.0 < right["changed_codes"] <= 1.0 and 0.0 <= right["oracle_auroc"] <= 1.0
+    plain = read(weights, toy)
+    assert "changed_codes" not in plain and "oracle_auroc" not in plain  # only with --sources
+    assert right["code_auroc"] == plain["code_auroc"]  # the other readings unchanged

@@ -10,7 +10,7 @@ import torch
 from mood.method.detector import Detector
 from mood.method.slicing import cell_share
 from mood.validation.stages import (Row, context_gain, draw_stages, nll_on_anomaly, planes_to_draw,
-                                    restoration_on_normal, stage_images)
+                                    restoration_on_normal, rise_over_clean, stage_images)
 
 from conftest import head_phantom
 
@@ -72,6 +72,25 @@ def test_nll_on_anomaly_splits_the_codes_by_label_and_body(tiny_weights):
     none, all_normal = nll_on_anomaly(det, vol, np.zeros_like(label), n_slices=4)
     assert len(none) == 0 and len(all_normal) > len(normal)  # the second plane's body joins the normal cells
     assert len(all_normal) < nll.numel()  # background cells are neither
+
+
+def test_rise_over_clean_compares_each_cell_with_the_clean_volumes(tiny_weights):
+    det = Detector.load("brain", tiny_weights, device="cpu")
+    clean = head_phantom((40, 36, 20), seed=5)
+    s = det.slices(clean, n_slices=4)
+    label = np.zeros(clean.shape, bool)
+    label[:, :, s.grid.indices[1]] = True  # the whole of the second scored plane
+    rise, normal_rise, changed = rise_over_clean(det, clean, clean, label, n_slices=4)
+    assert len(rise) and not rise.any() and not normal_rise.any() and changed == 0.0  # nothing changed
+    vol = clean.copy()
+    vol[..., s.grid.indices[1]] = head_phantom((40, 36, 20), seed=9)[..., s.grid.indices[1]]  # another head's plane
+    rise, normal_rise, changed = rise_over_clean(det, vol, clean, label, n_slices=4)
+    t = det.slices(vol, n_slices=4)
+    codes, clean_codes = det.encode(t), det.encode(s)
+    expected = (det.code_nll(codes, t.coord) - det.code_nll(clean_codes, s.coord)).double()
+    torch.testing.assert_close(rise, expected[1].flatten())
+    assert changed == pytest.approx(float((codes[1] != clean_codes[1]).double().mean())) and changed > 0
+    assert len(normal_rise) == len(nll_on_anomaly(det, vol, label, n_slices=4)[1])  # the same normal cells
 
 
 def test_context_gain_is_zero_for_a_prior_that_knows_only_the_code_frequencies(tiny_weights):

@@ -12,7 +12,8 @@ restoration shows what the prior put in place of the codes it found unlikely.
 restoration replaces and every voxel it moves away from the input is a false alarm;
 :func:`nll_on_anomaly` the other half for an anomalous one: restoration replaces an anomaly only
 where the prior finds its codes less likely than ``lambda_p``; :func:`context_gain` says how much
-of that the prior can know from the neighbouring codes at all.
+of that the prior can know from the neighbouring codes at all, and :func:`rise_over_clean` what a
+prior that knew each cell's normal NLL would still miss.
 """
 from __future__ import annotations
 
@@ -91,6 +92,14 @@ def restoration_on_normal(det: Detector, volume: np.ndarray, n_slices: int | Non
                                     .double().mean())}
 
 
+def _cells(det: Detector, s: Slices, label: np.ndarray, cells: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks (S, L, L) of the latent cells mostly inside ``label`` and of the body's cells it does not touch."""
+    lab = cell_share(extract_slices(torch.as_tensor(label, dtype=torch.float32, device=s.x.device), s.grid, s.x.shape[-1]),
+                     cells)
+    body = cell_share(body_mask(s.x, det.config), cells)
+    return lab > 0.5, (body > 0.5) & (lab == 0)
+
+
 @torch.no_grad()
 def nll_on_anomaly(det: Detector, volume: np.ndarray, label: np.ndarray,
                    n_slices: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,11 +111,34 @@ def nll_on_anomaly(det: Detector, volume: np.ndarray, label: np.ndarray,
     """
     s = det.slices(volume, n_slices)
     nll = det.code_nll(det.encode(s), s.coord)  # (S, L, L)
-    size, cells = s.x.shape[-1], nll.shape[-1]
-    lab = cell_share(extract_slices(torch.as_tensor(label, dtype=torch.float32, device=s.x.device), s.grid, size),
-                      cells)
-    body = cell_share(body_mask(s.x, det.config), cells)
-    return nll[lab > 0.5].double().cpu(), nll[(body > 0.5) & (lab == 0)].double().cpu()
+    anomalous, normal = _cells(det, s, label, nll.shape[-1])
+    return nll[anomalous].double().cpu(), nll[normal].double().cpu()
+
+
+@torch.no_grad()
+def rise_over_clean(det: Detector, volume: np.ndarray, clean: np.ndarray, label: np.ndarray,
+                    n_slices: int | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """An oracle's view of one anomalous case: the volume against ``clean``, the normal volume it was
+    made from (same form), cell by cell. Returns the NLL's rise over the clean volume's at the same
+    cell (float64) of the anomalous cells and of the normal body's, and the share of anomalous
+    cells whose code the anomaly changed.
+
+    The rise is what a prior that knew each cell's normal NLL would score: if it separates the
+    anomalous cells no better than :func:`nll_on_anomaly`'s NLL, a better-trained prior cannot either;
+    codes the anomaly leaves unchanged no prior can flag.
+    """
+    s, r = det.slices(volume, n_slices), det.slices(clean, n_slices)
+    codes, clean_codes = det.encode(s), det.encode(r)
+    rise = det.code_nll(codes, s.coord) - det.code_nll(clean_codes, r.coord)
+    anomalous, normal = _cells(det, s, label, rise.shape[-1])
+    changed = float((codes != clean_codes)[anomalous].double().mean()) if anomalous.any() else float("nan")
+    return rise[anomalous].double().cpu(), rise[normal].double().cpu(), changed
+
+
+def pooled_auroc(anomalous: torch.Tensor, normal: torch.Tensor) -> float:
+    """AUROC of scores, ``anomalous`` ones against ``normal`` ones (0.5: chance)."""
+    labels = np.r_[np.ones(len(anomalous), bool), np.zeros(len(normal), bool)]
+    return auroc(ScoreCounts.from_arrays(torch.cat([anomalous, normal]).numpy(), labels))
 
 
 def code_separation(splits: list[tuple[torch.Tensor, torch.Tensor]], lambda_p: float) -> dict:
@@ -117,8 +149,7 @@ def code_separation(splits: list[tuple[torch.Tensor, torch.Tensor]], lambda_p: f
     anomalous, normal = (torch.cat([sp[i] for sp in splits]) for i in (0, 1))
     out = {"cases": len(splits), "anomalous_codes": len(anomalous)}
     if len(anomalous) and len(normal):
-        labels = np.r_[np.ones(len(anomalous), bool), np.zeros(len(normal), bool)]
-        out["code_auroc"] = round(auroc(ScoreCounts.from_arrays(torch.cat([anomalous, normal]).numpy(), labels)), 4)
+        out["code_auroc"] = round(pooled_auroc(anomalous, normal), 4)
     for what, v in (("anomalous", anomalous), ("normal", normal)):
         if len(v):
             out[f"{what}_above_lambda_p"] = round(float((v > lambda_p).double().mean()), 4)
@@ -180,5 +211,5 @@ def draw_stages(det: Detector, rows: list[Row], png: Path, title: str, seed: int
     return png
 
 
-__all__ = ["COLUMNS", "Row", "code_separation", "context_gain", "draw_stages", "nll_on_anomaly", "planes_to_draw", "restoration_on_normal",
+__all__ = ["COLUMNS", "Row", "code_separation", "context_gain", "draw_stages", "nll_on_anomaly", "planes_to_draw", "pooled_auroc", "restoration_on_normal", "rise_over_clean",
            "stage_images"]
