@@ -271,6 +271,13 @@ def test_resized_prior_is_what_its_card_and_loader_say(heads, tmp_path):
     model = load_prior(out)
     dropouts = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout2d)]
     assert dropouts and set(dropouts) == {0.3}
+    # fine-tuned with another dropout: the same weights' shapes, so --init-from takes it; other channels do not
+    again = train_prior("brain", heads, tmp_path / "p2", vqvae=vq, steps=1, prior_channels=24, prior_blocks=1,
+                        prior_dropout=0.1, init_from=out, **_kw(tmp_path))
+    assert read_card(again).config.prior.dropout == 0.1
+    with pytest.raises(ValueError, match="architecture differs"):
+        train_prior("brain", heads, tmp_path / "p3", vqvae=vq, steps=1, prior_channels=32, prior_blocks=1,
+                    init_from=out, **_kw(tmp_path))
 
 
 def test_bf16_steps_are_bfloat16_and_close_to_float32(heads, tmp_path):

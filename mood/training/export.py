@@ -9,6 +9,7 @@ Out: weights folders in the format of :mod:`mood.method.weights` (``card.json`` 
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,16 @@ from .data import provenance
 from .settings import model_config
 
 
+def _weights_shape(config: RegionConfig) -> RegionConfig:
+    """``config`` without what acts only in training (dropout): what its weights' shapes follow."""
+    return replace(config, vqvae=replace(config.vqvae, dropout=0.0), prior=replace(config.prior, dropout=0.0))
+
+
 def checked_card(init_from: Path, config: RegionConfig) -> Card:
-    """The card of ``init_from``, refused unless its architecture is ``config``."""
+    """The card of ``init_from``, refused unless its architecture is ``config`` (dropout aside: a
+    model may be fine-tuned with another)."""
     card = read_card(init_from)
-    if card.config != config:
+    if _weights_shape(card.config) != _weights_shape(config):
         raise ValueError(f"--init-from {init_from}: its architecture differs from the one being trained")
     return card
 
