@@ -20,8 +20,9 @@ SIZE = (40, 36, 20)
 
 
 @pytest.fixture
-def toy_set(tmp_path: Path) -> tuple[Path, Path]:  # the normals it was made from: tmp_path / "normals"
-    """Tiny brain weights and a toy set made from two phantom heads in their form: (weights, toy)."""
+def toy_set(tmp_path: Path) -> tuple[Path, Path]:
+    """Tiny brain weights and a toy set made from two phantom heads in their form: (weights, toy);
+    the heads it was made from stay in ``tmp_path / "normals"``."""
     weights = make_weights(tmp_path / "w", "brain")
     src = tmp_path / "normals"
     src.mkdir()

@@ -121,7 +121,7 @@ def rise_over_clean(det: Detector, volume: np.ndarray, clean: np.ndarray, label:
     """An oracle's view of one anomalous case: the volume against ``clean``, the normal volume it was
     made from (same form), cell by cell. Returns the NLL's rise over the clean volume's at the same
     cell (float64) of the anomalous cells and of the normal body's, and the share of anomalous
-    cells whose code the anomaly changed.
+    cells whose code the anomaly changed (nan when the label covers no cell).
 
     The rise is what a prior that knew each cell's normal NLL would score: if it separates the
     anomalous cells no better than :func:`nll_on_anomaly`'s NLL, a better-trained prior cannot either;
