@@ -169,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=1.0,
                    help="(vqvae) scale every VQ-VAE channel count, e.g. 0.5 for a narrower, faster model "
                         "(default: 1, the original architecture)")
+    p.add_argument("--cell", type=_positive_int, default=None, metavar="PIXELS",
+                   help="(vqvae) latent cells of PIXELS x PIXELS, a power of two: 4 gives a brain slice 40 x 40 "
+                        "codes, each of a smaller patch, at four times the prior's positions (default: the "
+                        "region's, 8 brain, 16 abdomen)")
+    p.add_argument("--codes", type=_positive_int, default=None, metavar="N",
+                   help="(vqvae) codebook size; the prior predicts one of N (default: the region's, 128)")
     p.add_argument("--prior-channels", type=_positive_int, default=None,
                    help="(prior) channels of the PixelSNAIL (default: the region's, 128)")
     p.add_argument("--prior-blocks", type=_positive_int, default=None,
@@ -288,8 +294,8 @@ def split_extra(argv: list[str]) -> tuple[list[str], list[str]]:
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Usage errors that argparse cannot see alone (combinations): exit 2 with argparse's message."""
     if args.command == "train" and args.model == "prior":
-        if args.width != 1.0:
-            parser.error("--width applies to the VQ-VAE; the prior takes its architecture from --vqvae")
+        if args.width != 1.0 or args.cell or args.codes:
+            parser.error("--width, --cell and --codes apply to the VQ-VAE; the prior takes its architecture from --vqvae")
         if args.crop:
             parser.error("--crop applies to the VQ-VAE; the prior learns whole slices' code grids")
         if args.vqvae is None:
@@ -374,7 +380,8 @@ def _run_train(args: argparse.Namespace) -> int:
     common = dict(settings=train_settings(args), holdout=args.holdout, resume=args.resume, tiny=args.tiny,
                   device=args.device, threads=args.threads, init_from=args.init_from)
     if args.model == "vqvae":
-        out = train_vqvae(args.region, args.data, args.out, width=args.width, **common)
+        out = train_vqvae(args.region, args.data, args.out, width=args.width, cell=args.cell, codes=args.codes,
+                          **common)
     else:
         out = train_prior(args.region, args.data, args.out, vqvae=args.vqvae, prior_channels=args.prior_channels,
                           prior_blocks=args.prior_blocks, prior_dropout=args.prior_dropout, **common)

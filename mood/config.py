@@ -193,6 +193,31 @@ def narrow(config: RegionConfig, width: float) -> RegionConfig:
     return replace(config, vqvae=replace(config.vqvae, channels=channels))
 
 
+def relatent(config: RegionConfig, cell: int | None = None, codes: int | None = None) -> RegionConfig:
+    """``config`` with latent cells of ``cell`` x ``cell`` pixels and/or a codebook of ``codes``
+    vectors (None: kept); the prior follows (its grid of ``image_size / cell`` codes, its classes).
+
+    A finer cell adds a code per smaller patch (brain 8 px -> 4 px: 20 x 20 -> 40 x 40 codes) by
+    dropping the encoder's last downsampling widths; a coarser one doubles the last width for each
+    level added. The latent dimension stays. Like :func:`narrow`, a variant for measuring what a
+    CPU-trained representation should be; the card stores the result.
+    """
+    vq = config.vqvae
+    if cell is not None:
+        levels = cell.bit_length() - 1
+        if cell < 2 or cell != 2**levels or vq.image_size % cell:
+            raise ValueError(f"cell {cell} must be a power of two >= 2 that divides {vq.image_size}")
+        widths = list(vq.channels[:-1])
+        while len(widths) < levels:
+            widths.append(2 * widths[-1])
+        vq = replace(vq, channels=tuple(widths[:levels]) + (vq.channels[-1],))
+    if codes is not None:
+        if codes < 2:
+            raise ValueError(f"a codebook needs at least 2 codes, not {codes}")
+        vq = replace(vq, n_codes=codes)
+    return replace(config, vqvae=vq, prior=replace(config.prior, n_codes=vq.n_codes, latent_size=vq.latent_size))
+
+
 def resize_prior(config: RegionConfig, channels: int | None = None, n_blocks: int | None = None,
                  dropout: float | None = None) -> RegionConfig:
     """``config`` with the prior's channels, blocks and/or dropout replaced (None: kept); VQ-VAE unchanged.
@@ -219,9 +244,11 @@ def tiny_preset(region: str = "brain", image_size: int = 64) -> RegionConfig:
 
 
 def is_tiny(config: RegionConfig) -> bool:
-    """Whether ``config`` is a tiny twin (its prior is the tiny preset's), whatever its VQ-VAE width."""
-    return config.prior == tiny_preset(config.region, config.vqvae.image_size).prior
+    """Whether ``config`` is a tiny twin (its prior is the tiny preset's), whatever its VQ-VAE width,
+    cell and codebook (:func:`narrow`, :func:`relatent`)."""
+    tiny = tiny_preset(config.region, config.vqvae.image_size).prior
+    return replace(config.prior, n_codes=tiny.n_codes, latent_size=tiny.latent_size) == tiny
 
 
 __all__ = ["REGIONS", "TASKS", "METHODS", "region_of_shape", "AugmentConfig", "VQVAEConfig", "PriorConfig", "RegionConfig",
-           "region_preset", "narrow", "resize_prior", "tiny_preset", "is_tiny"]
+           "region_preset", "narrow", "relatent", "resize_prior", "tiny_preset", "is_tiny"]

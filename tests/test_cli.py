@@ -101,7 +101,9 @@ def test_a_real_process_prints_one_line_without_a_traceback(volumes, tmp_path):
 @pytest.mark.parametrize("argv, says", [
     (["train", "prior", "--region", "brain", "--data", "d", "--out", "o"], "needs --vqvae"),
     (["train", "prior", "--region", "brain", "--data", "d", "--out", "o", "--vqvae", "v", "--width", "0.5"],
-     "--width applies to the VQ-VAE"),
+     "--width, --cell and --codes apply to the VQ-VAE"),
+    (["train", "prior", "--region", "brain", "--data", "d", "--out", "o", "--vqvae", "v", "--cell", "4"],
+     "--width, --cell and --codes apply to the VQ-VAE"),
     (["train", "vqvae", "--region", "brain", "--data", "d", "--out", "o", "--prior-dropout", "0.3"],
      "--prior-dropout apply to the prior"),
     (["train", "prior", "--region", "brain", "--data", "d", "--out", "o", "--vqvae", "v", "--prior-dropout", "1"],

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mood.config import (REGIONS, AugmentConfig, RegionConfig, narrow, region_of_shape, region_preset,
-                         tiny_preset)
+from mood.config import (REGIONS, AugmentConfig, RegionConfig, is_tiny, narrow, region_of_shape, region_preset,
+                         relatent, tiny_preset)
 
 ROOT = Path(__file__).resolve().parent.parent
 FACTS = ("challenge_shape", "modality", "background", "augment_range")
@@ -24,8 +24,9 @@ def test_shipped_cards_load_with_the_presets_facts(region):
 
 
 @pytest.mark.parametrize("region", REGIONS)
-@pytest.mark.parametrize("make", [region_preset, tiny_preset, lambda r: narrow(region_preset(r), 0.5)],
-                         ids=["preset", "tiny", "narrow"])
+@pytest.mark.parametrize("make", [region_preset, tiny_preset, lambda r: narrow(region_preset(r), 0.5),
+                                  lambda r: relatent(region_preset(r), cell=4, codes=32)],
+                         ids=["preset", "tiny", "narrow", "relatent"])
 def test_round_trip_and_older_checkpoints_compare_equal(region, make):
     """``train --resume`` compares the checkpoint's config with the one the code builds."""
     config = make(region)
@@ -46,3 +47,23 @@ def test_regional_facts():
         assert [getattr(tiny, f) for f in FACTS] == [getattr(full, f) for f in FACTS]
         assert region_of_shape(full.challenge_shape) == region
     assert region_of_shape((256, 256, 200)) is None
+
+
+def test_relatent_changes_the_cell_and_codebook_and_the_prior_follows():
+    brain, abdom = region_preset("brain"), region_preset("abdom")
+    fine = relatent(brain, cell=4)
+    assert fine.vqvae.channels == (16, 32, 256) and fine.vqvae.latent_size == fine.prior.latent_size == 40
+    assert fine.prior.n_codes == fine.vqvae.n_codes == 128
+    coarse = relatent(brain, cell=16)
+    assert coarse.vqvae.channels == (16, 32, 64, 128, 256) and coarse.prior.latent_size == 10
+    assert relatent(abdom, cell=8).vqvae.channels == brain.vqvae.channels  # one rule for both regions
+    assert relatent(brain, cell=8) == relatent(brain) == brain
+    small = relatent(brain, codes=32)
+    assert (small.vqvae.n_codes, small.prior.n_codes, small.vqvae.channels) == (32, 32, brain.vqvae.channels)
+    assert narrow(fine, 0.5).vqvae.channels == (8, 16, 128)
+    assert is_tiny(relatent(tiny_preset("brain"), cell=4, codes=8)) and not is_tiny(fine)
+    for cell in (3, 1, 320):
+        with pytest.raises(ValueError, match="power of two"):
+            relatent(brain, cell=cell)
+    with pytest.raises(ValueError, match="at least 2 codes"):
+        relatent(brain, codes=1)

@@ -259,6 +259,27 @@ def test_narrow_vqvae_trains_its_prior_and_loads(heads, tmp_path):
     assert steps and all(r["cpu_s"] > 0 for r in steps)
 
 
+def test_finer_cells_and_fewer_codes_reach_the_prior_and_the_detector(heads, tmp_path):
+    """--cell/--codes build the VQ-VAE's latent; the prior learns that grid of that many codes, and
+    the scoring pipeline runs on it unchanged."""
+    from mood.config import relatent
+    from mood.method.detector import Detector
+
+    vq = train_vqvae("brain", heads, tmp_path / "vq", steps=1, cell=4, codes=8, **_kw(tmp_path))
+    config = read_card(vq).config
+    assert config == relatent(tiny_preset("brain"), cell=4, codes=8)
+    out = train_prior("brain", heads, tmp_path / "p", vqvae=vq, steps=1, **_kw(tmp_path))
+    assert read_card(out).config.prior == config.prior
+    det = Detector.load("brain", out, device="cpu")
+    volume = np.zeros((64, 64, 64), np.float32)
+    volume[12:52, 10:54, 14:50] = 1.0
+    s = det.slices(volume, n_slices=2)
+    codes = det.encode(s)
+    assert codes.shape[-2:] == (16, 16) and int(codes.max()) < 8
+    scores = det.score(volume, "pixel")
+    assert scores.shape == volume.shape and np.isfinite(scores).all()
+
+
 def test_resized_prior_is_what_its_card_and_loader_say(heads, tmp_path):
     """--prior-channels/--prior-blocks/--prior-dropout reach the trained prior, its card and its loader;
     the VQ-VAE is left as it was."""

@@ -44,17 +44,19 @@ def train_vqvae(region: str, data: Path, out: Path, *, settings: TrainSettings |
                 holdout: list[str] | None = None, resume: bool = False, tiny: bool = False,
                 device: str = "auto", threads: int | None = None, cache_dir: Path | None = None,
                 volume_shape: tuple[int, int, int] | None = None, init_from: Path | None = None,
-                width: float = 1.0, **overrides: Any) -> Path:
+                width: float = 1.0, cell: int | None = None, codes: int | None = None,
+                **overrides: Any) -> Path:
     """Train the slice VQ-VAE of ``region`` on the volumes in ``data``; returns the weights dir ``out``.
 
     ``settings`` (default :class:`TrainSettings`) with ``overrides`` applied (``steps=``, ``lr=``,
     ... any of its fields). ``out`` receives ``card.json`` + ``vqvae-*.safetensors`` whenever the
     holdout loss improves, and ``train/vqvae/`` with the resumable checkpoint and ``log.jsonl``.
     ``init_from``: a weights folder to start from (fine-tuning; fresh optimiser) instead of a
-    k-means-initialised codebook. ``width`` scales the VQ-VAE's channels (:func:`mood.config.narrow`).
+    k-means-initialised codebook. ``width`` scales the VQ-VAE's channels (:func:`mood.config.narrow`);
+    ``cell`` and ``codes`` set its latent cell's pixels and codebook size (:func:`mood.config.relatent`).
     ``volume_shape`` overrides the region's challenge shape (tests and quick runs only).
     """
-    config = model_config(region, tiny, width)
+    config = model_config(region, tiny, width, cell, codes)
     settings = with_overrides(settings, overrides)
     levels = len(config.vqvae.channels) - 1
     if settings.crop % 2**levels:

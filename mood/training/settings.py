@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from ..config import RegionConfig, narrow, region_preset, tiny_preset
+from ..config import RegionConfig, narrow, region_preset, relatent, tiny_preset
 
 
 SCHEDULES = ("constant", "cosine")
@@ -111,10 +111,12 @@ def learning_rate(step: int, base: float, warmup: int, schedule: str = "constant
     return lr
 
 
-def model_config(region: str, tiny: bool = False, width: float = 1.0) -> RegionConfig:
-    """The architecture a run trains: the region's preset (or its tiny twin), VQ-VAE channels
-    scaled by ``width`` (:func:`mood.config.narrow`)."""
-    return narrow(tiny_preset(region) if tiny else region_preset(region), width)
+def model_config(region: str, tiny: bool = False, width: float = 1.0, cell: int | None = None,
+                 codes: int | None = None) -> RegionConfig:
+    """The architecture a run trains: the region's preset (or its tiny twin), its latent cell and
+    codebook size replaced when given (:func:`mood.config.relatent`), VQ-VAE channels scaled by
+    ``width`` (:func:`mood.config.narrow`)."""
+    return narrow(relatent(tiny_preset(region) if tiny else region_preset(region), cell, codes), width)
 
 
 __all__ = ["CODEBOOK_UPDATES", "PLANES", "SCHEDULES", "TrainSettings", "learning_rate", "model_config", "with_overrides"]
