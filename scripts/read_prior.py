@@ -41,17 +41,18 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mood.method.detector import Detector  # noqa: E402
-from mood.validation.stages import code_separation, context_gain, nll_on_anomaly, pooled_auroc, rise_over_clean  # noqa: E402
+from mood.validation.stages import Coded, code_separation, coded, context_gain, nll_on_anomaly, pooled_auroc, rise_over_clean  # noqa: E402
 from mood.validation.toy import MANIFEST  # noqa: E402
 from mood.volumes.convert import ensure_challenge_form  # noqa: E402
 from mood.volumes.volume_io import load_volume  # noqa: E402
 
 
-def read(det: Detector, cases: list[tuple[np.ndarray, np.ndarray | None]],
-         train_heads: Sequence[np.ndarray] = (), clean: Sequence[np.ndarray | None] = ()) -> dict[str, float]:
+def read(det: Detector, cases: list[tuple[np.ndarray | Coded, np.ndarray | None]],
+         train_heads: Sequence[np.ndarray | Coded] = (), clean: Sequence[np.ndarray | Coded | None] = ()) -> dict[str, float]:
     """The readings of ``det``'s prior on ``cases`` (volume, label or None for a normal case), on
     the volumes ``train_heads`` it trained on and, given ``clean`` (per case, the normal volume it
-    was made from), the oracle's."""
+    was made from), the oracle's. Volumes may come :func:`~mood.validation.stages.coded` (the VQ-VAE
+    is frozen, so its codes serve every prior read)."""
     splits = [nll_on_anomaly(det, volume, label) for volume, label in cases if label is not None]
     gains = [context_gain(det, volume) for volume, label in cases if label is None]
     out = code_separation(splits, det.card.threshold_pixel) if splits else {}
@@ -87,17 +88,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     det = Detector.load(args.region, args.weights, device="cpu")
     manifest = json.loads((args.toy / MANIFEST).read_text())["cases"]
-    cases = [(load_volume(args.toy / "toy" / name).data,
+    shape = load_volume(args.toy / "toy" / sorted(manifest)[0]).data.shape
+    # every prior reads the same frozen VQ-VAE's codes: each volume is encoded once, here
+    cases = [(coded(det, load_volume(args.toy / "toy" / name).data),
               load_volume(args.toy / "toy_label" / "pixel" / name).data > 0.5 if case["kind"] else None)
              for name, case in sorted(manifest.items())]
-    shape = cases[0][0].shape
-    heads = [ensure_challenge_form(path, args.region, shape=shape)[0] for path in args.train_head]
-    clean: list[np.ndarray | None] = []
+    heads = [coded(det, ensure_challenge_form(path, args.region, shape=shape)[0]) for path in args.train_head]
+    clean: list[Coded | None] = []
     if args.sources is not None:
-        normals: dict[str, np.ndarray] = {}
+        normals: dict[str, Coded] = {}
         for name, case in sorted(manifest.items()):
             if case["kind"] and case["source"] not in normals:
-                normals[case["source"]] = ensure_challenge_form(args.sources / case["source"], args.region, shape=shape)[0]
+                normals[case["source"]] = coded(det, ensure_challenge_form(args.sources / case["source"], args.region,
+                                                                           shape=shape)[0])
             clean.append(normals[case["source"]] if case["kind"] else None)
     for ckpt in args.checkpoints or [None]:
         if ckpt is not None:

@@ -9,7 +9,7 @@ import torch
 
 from mood.method.detector import Detector
 from mood.method.slicing import cell_share
-from mood.validation.stages import (Row, context_gain, draw_stages, nll_on_anomaly, planes_to_draw,
+from mood.validation.stages import (Row, coded, context_gain, draw_stages, nll_on_anomaly, planes_to_draw,
                                     restoration_on_normal, rise_over_clean, stage_images)
 
 from conftest import head_phantom
@@ -110,3 +110,21 @@ def test_context_gain_is_zero_for_a_prior_that_knows_only_the_code_frequencies(t
     det.prior = lambda c, coord: log_freq.view(1, -1, 1, 1).expand(len(c), -1, *c.shape[1:]).contiguous()
     unigram = context_gain(det, vol, n_slices=4)
     assert unigram["gain"] == pytest.approx(0.0, abs=1e-4) and unigram["unigram"] == pytest.approx(measured["unigram"])
+
+
+def test_readings_of_coded_volumes_are_the_volumes_own(tiny_weights):
+    """Encoded once, a volume reads the same under any prior: the codes are the frozen VQ-VAE's."""
+    det = Detector.load("brain", tiny_weights, device="cpu")
+    clean = head_phantom((40, 36, 20), seed=7)
+    vol = clean.copy()
+    vol[8:20, 8:20, :] *= 1.5
+    label = np.zeros(vol.shape, bool)
+    label[8:20, 8:20, :] = True
+    c, c_clean = coded(det, vol, n_slices=4), coded(det, clean, n_slices=4)
+    assert coded(det, c) is c
+    torch.testing.assert_close(c.codes, det.encode(det.slices(vol, n_slices=4)))
+    for a, b in zip(nll_on_anomaly(det, c, label), nll_on_anomaly(det, vol, label, n_slices=4)):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(rise_over_clean(det, c, c_clean, label)[:2], rise_over_clean(det, vol, clean, label, n_slices=4)[:2]):
+        torch.testing.assert_close(a, b)
+    assert context_gain(det, c_clean) == pytest.approx(context_gain(det, clean, n_slices=4))

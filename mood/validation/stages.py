@@ -13,12 +13,14 @@ restoration replaces and every voxel it moves away from the input is a false ala
 :func:`nll_on_anomaly` the other half for an anomalous one: restoration replaces an anomaly only
 where the prior finds its codes less likely than ``lambda_p``; :func:`context_gain` says how much
 of that the prior can know from the neighbouring codes at all, and :func:`rise_over_clean` what a
-prior that knew each cell's normal NLL would still miss.
+prior that knew each cell's normal NLL would still miss. These three take a volume or its
+:func:`coded` slices and codes.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -92,6 +94,23 @@ def restoration_on_normal(det: Detector, volume: np.ndarray, n_slices: int | Non
                                     .double().mean())}
 
 
+class Coded(NamedTuple):
+    """A volume's scored slices and their codes: the VQ-VAE's part of every reading here, done once
+    by :func:`coded` when many priors read the same volumes on one frozen VQ-VAE."""
+
+    slices: Slices
+    codes: torch.Tensor  # (S, L, L)
+
+
+@torch.no_grad()
+def coded(det: Detector, volume: np.ndarray | Coded, n_slices: int | None = None) -> Coded:
+    """``volume``'s scored slices and codes (``volume`` itself when it is already :class:`Coded`)."""
+    if isinstance(volume, Coded):
+        return volume
+    s = det.slices(volume, n_slices)
+    return Coded(s, det.encode(s))
+
+
 def _cells(det: Detector, s: Slices, label: np.ndarray, cells: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Masks (S, L, L) of the latent cells mostly inside ``label`` and of the body's cells it does not touch."""
     lab = cell_share(extract_slices(torch.as_tensor(label, dtype=torch.float32, device=s.x.device), s.grid, s.x.shape[-1]),
@@ -101,7 +120,7 @@ def _cells(det: Detector, s: Slices, label: np.ndarray, cells: int) -> tuple[tor
 
 
 @torch.no_grad()
-def nll_on_anomaly(det: Detector, volume: np.ndarray, label: np.ndarray,
+def nll_on_anomaly(det: Detector, volume: np.ndarray | Coded, label: np.ndarray,
                    n_slices: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-code NLL of an anomalous volume's scored slices, by latent cell: ``(anomalous, normal)``,
     float64 values of the cells mostly inside the label and of the body's cells it does not touch.
@@ -109,14 +128,14 @@ def nll_on_anomaly(det: Detector, volume: np.ndarray, label: np.ndarray,
     A cell is the patch of the slice that one code stands for; the label and the body are resampled
     as the volume is (:func:`mood.method.slicing.extract_slices`), then averaged over each cell.
     """
-    s = det.slices(volume, n_slices)
-    nll = det.code_nll(det.encode(s), s.coord)  # (S, L, L)
+    s, codes = coded(det, volume, n_slices)
+    nll = det.code_nll(codes, s.coord)  # (S, L, L)
     anomalous, normal = _cells(det, s, label, nll.shape[-1])
     return nll[anomalous].double().cpu(), nll[normal].double().cpu()
 
 
 @torch.no_grad()
-def rise_over_clean(det: Detector, volume: np.ndarray, clean: np.ndarray, label: np.ndarray,
+def rise_over_clean(det: Detector, volume: np.ndarray | Coded, clean: np.ndarray | Coded, label: np.ndarray,
                     n_slices: int | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """An oracle's view of one anomalous case: the volume against ``clean``, the normal volume it was
     made from (same form), cell by cell. Returns the NLL's rise over the clean volume's at the same
@@ -127,8 +146,7 @@ def rise_over_clean(det: Detector, volume: np.ndarray, clean: np.ndarray, label:
     anomalous cells no better than :func:`nll_on_anomaly`'s NLL, a better-trained prior cannot either;
     codes the anomaly leaves unchanged no prior can flag.
     """
-    s, r = det.slices(volume, n_slices), det.slices(clean, n_slices)
-    codes, clean_codes = det.encode(s), det.encode(r)
+    (s, codes), (r, clean_codes) = coded(det, volume, n_slices), coded(det, clean, n_slices)
     rise = det.code_nll(codes, s.coord) - det.code_nll(clean_codes, r.coord)
     anomalous, normal = _cells(det, s, label, rise.shape[-1])
     changed = float((codes != clean_codes)[anomalous].double().mean()) if anomalous.any() else float("nan")
@@ -158,15 +176,14 @@ def code_separation(splits: list[tuple[torch.Tensor, torch.Tensor]], lambda_p: f
 
 
 @torch.no_grad()
-def context_gain(det: Detector, volume: np.ndarray, n_slices: int | None = None) -> dict[str, float]:
+def context_gain(det: Detector, volume: np.ndarray | Coded, n_slices: int | None = None) -> dict[str, float]:
     """How much the prior gets from the context on a normal volume's body codes: their mean NLL
     (``nll``), the entropy of their own frequencies (``unigram``: what a prior that knew only how
     often each code occurs in this very volume would pay) and the difference (``gain``, nats).
 
     A prior that gains little finds a code out of place hardly less likely than a normal one.
     """
-    s = det.slices(volume, n_slices)
-    codes = det.encode(s)
+    s, codes = coded(det, volume, n_slices)
     nll = det.code_nll(codes, s.coord)
     body = cell_share(body_mask(s.x, det.config), nll.shape[-1]) > 0.5
     freq = torch.bincount(codes[body], minlength=det.config.prior.n_codes).double() / body.sum()
