@@ -88,11 +88,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     det = Detector.load(args.region, args.weights, device="cpu")
     manifest = json.loads((args.toy / MANIFEST).read_text())["cases"]
-    shape = load_volume(args.toy / "toy" / sorted(manifest)[0]).data.shape
     # every prior reads the same frozen VQ-VAE's codes: each volume is encoded once, here
     cases = [(coded(det, load_volume(args.toy / "toy" / name).data),
               load_volume(args.toy / "toy_label" / "pixel" / name).data > 0.5 if case["kind"] else None)
              for name, case in sorted(manifest.items())]
+    shape = cases[0][0].slices.grid.shape
     heads = [coded(det, ensure_challenge_form(path, args.region, shape=shape)[0]) for path in args.train_head]
     clean: list[Coded | None] = []
     if args.sources is not None:
