@@ -18,7 +18,10 @@ challenge form:
   the share of anomalous cells whose code the anomaly changed (``changed_codes``) and the AUROC of
   the NLL's rise over the clean volume's at the same cell (``oracle_auroc``): what a prior that
   knew each cell's normal NLL would reach. Made from training heads (``mood make-toy`` of them),
-  the toy set's ``code_auroc`` says what memory of the very heads buys.
+  the toy set's ``code_auroc`` says what memory of the very heads buys. Before the priors, one
+  line of the VQ-VAE's own (:func:`mood.validation.stages.encoder_view`): whether the anomaly moves
+  its cells' encodings (``shift_auroc``, an oracle) and whether they land far from every code
+  (``residual_auroc``); if the encoder does not see an anomaly, no prior can.
 
 These are the readings of ``scripts/validate_weights.py`` (``info.validation.held_out``), for one
 prior pass per case instead of a validation's restorations:
@@ -41,7 +44,8 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mood.method.detector import Detector  # noqa: E402
-from mood.validation.stages import Coded, code_separation, coded, context_gain, nll_on_anomaly, pooled_auroc, rise_over_clean  # noqa: E402
+from mood.validation.stages import (Coded, code_separation, coded, context_gain, encoder_view, nll_on_anomaly,  # noqa: E402
+                                   pooled_auroc, rise_over_clean)
 from mood.validation.toy import MANIFEST  # noqa: E402
 from mood.volumes.convert import ensure_challenge_form  # noqa: E402
 from mood.volumes.volume_io import load_volume  # noqa: E402
@@ -69,6 +73,23 @@ def read(det: Detector, cases: list[tuple[np.ndarray | Coded, np.ndarray | None]
         anomalous, normal = (torch.cat([r[i] for r in rises]) for i in (0, 1))
         out["changed_codes"] = float(np.average([r[2] for r in rises], weights=[len(r[0]) for r in rises]))
         out["oracle_auroc"] = pooled_auroc(anomalous, normal)
+    return out
+
+
+def read_encoder(det: Detector, cases: list[tuple[np.ndarray | Coded, np.ndarray | None]],
+                 clean: Sequence[np.ndarray | Coded | None]) -> dict[str, float]:
+    """The VQ-VAE's own readings of the anomalous ``cases`` against the normal volumes they were made
+    from (:func:`~mood.validation.stages.encoder_view`, pooled): the AUROC of each cell's encoding
+    shift (an oracle) and of its quantisation residual, anomalous cells against the normal body's,
+    and the median of each."""
+    views = [encoder_view(det, volume, normal, label) for (volume, label), normal in zip(cases, clean)
+             if label is not None]
+    out = {}
+    for what in ("shift", "residual"):
+        anomalous, normal = (torch.cat([v[what][i] for v in views]) for i in (0, 1))
+        if len(anomalous) and len(normal):
+            out[f"{what}_auroc"] = pooled_auroc(anomalous, normal)
+            out[f"{what}_median_anomalous"], out[f"{what}_median_normal"] = float(anomalous.median()), float(normal.median())
     return out
 
 
@@ -102,6 +123,8 @@ def main() -> None:
                 normals[case["source"]] = coded(det, ensure_challenge_form(args.sources / case["source"], args.region,
                                                                            shape=shape)[0])
             clean.append(normals[case["source"]] if case["kind"] else None)
+        print(json.dumps({"encoder": str(args.weights), **{k: round(v, 4) for k, v in read_encoder(det, cases, clean).items()}}),
+              flush=True)
     for ckpt in args.checkpoints or [None]:
         if ckpt is not None:
             det.prior.load_state_dict({k: v.float() for k, v in load_file(str(ckpt)).items()})

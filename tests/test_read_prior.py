@@ -32,12 +32,17 @@ def toy_set(tmp_path: Path) -> tuple[Path, Path]:
     return weights, tmp_path / "toy"
 
 
-def read(weights: Path, toy: Path, *args: str) -> dict:
-    """The script's last line of readings, run as a user runs it."""
+def lines(weights: Path, toy: Path, *args: str) -> list[dict]:
+    """The script's lines of readings, run as a user runs it."""
     run = subprocess.run([sys.executable, str(SCRIPT), "--weights", str(weights), "--toy", str(toy), *args],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return [json.loads(line) for line in run.stdout.strip().splitlines()]
+
+
+def read(weights: Path, toy: Path, *args: str) -> dict:
+    """The script's last line of readings: the last prior's."""
+    return lines(weights, toy, *args)[-1]
 
 
 def test_read_prior_reads_the_folders_prior_and_each_checkpoint(tmp_path, toy_set):
@@ -76,8 +81,11 @@ def test_read_prior_reads_the_oracle_against_the_clean_sources(tmp_path, toy_set
     """--sources: the oracle's readings against the normal volumes the cases were made from, beside
     the others (:func:`mood.validation.stages.rise_over_clean` is tested in test_stages)."""
     weights, toy = toy_set
-    right = read(weights, toy, "--sources", str(tmp_path / "normals"))
+    encoder, right = lines(weights, toy, "--sources", str(tmp_path / "normals"))
+    assert encoder["encoder"] == str(weights) and "prior" not in encoder  # the VQ-VAE's line, once, before the prior's
+    for what in ("shift", "residual"):
+        assert 0.0 <= encoder[f"{what}_auroc"] <= 1.0 and encoder[f"{what}_median_anomalous"] >= 0.0
     assert 0.0 < right["changed_codes"] <= 1.0 and 0.0 <= right["oracle_auroc"] <= 1.0
-    plain = read(weights, toy)
+    plain, = lines(weights, toy)
     assert "changed_codes" not in plain and "oracle_auroc" not in plain  # only with --sources
     assert right["code_auroc"] == plain["code_auroc"]  # the other readings unchanged

@@ -9,7 +9,7 @@ import torch
 
 from mood.method.detector import Detector
 from mood.method.slicing import cell_share
-from mood.validation.stages import (Row, coded, context_gain, draw_stages, nll_on_anomaly, planes_to_draw,
+from mood.validation.stages import (Row, coded, context_gain, draw_stages, encoder_view, nll_on_anomaly, planes_to_draw,
                                     restoration_on_normal, rise_over_clean, stage_images)
 
 from conftest import head_phantom
@@ -93,6 +93,28 @@ def test_rise_over_clean_compares_each_cell_with_the_clean_volumes(tiny_weights)
     assert len(normal_rise) == len(nll_on_anomaly(det, vol, label, n_slices=4)[1])  # the same normal cells
 
 
+def test_encoder_view_measures_each_cells_encoding_against_the_clean_ones_and_its_code(tiny_weights):
+    det = Detector.load("brain", tiny_weights, device="cpu")
+    clean = head_phantom((40, 36, 20), seed=5)
+    s = det.slices(clean, n_slices=4)
+    label = np.zeros(clean.shape, bool)
+    label[:, :, s.grid.indices[1]] = True  # the whole of the second scored plane
+    same = encoder_view(det, clean, clean, label, n_slices=4)
+    assert len(same["shift"][0]) and not same["shift"][0].any() and not same["shift"][1].any()  # nothing moved
+    vol = clean.copy()
+    vol[..., s.grid.indices[1]] = head_phantom((40, 36, 20), seed=9)[..., s.grid.indices[1]]  # another head's plane
+    view = encoder_view(det, vol, clean, label, n_slices=4)
+    q, q_clean = det.vqvae.encode(det.slices(vol, n_slices=4).x, s.coord), det.vqvae.encode(s.x, s.coord)
+    torch.testing.assert_close(view["shift"][0], (q.encodings - q_clean.encodings)[1].norm(dim=0).flatten().double())
+    assert view["shift"][0].min() > 0  # every cell of the replaced plane moved
+    residual = (q.encodings - det.vqvae.codebook(q.codes).permute(0, 3, 1, 2)).norm(dim=1)
+    torch.testing.assert_close(view["residual"][0], residual[1].flatten().double())
+    # the normal cells are nll_on_anomaly's, and the residual is the distance to the nearest code: no code is nearer
+    assert len(view["residual"][1]) == len(nll_on_anomaly(det, vol, label, n_slices=4)[1])
+    nearest = torch.cdist(q.encodings.permute(0, 2, 3, 1).reshape(-1, q.encodings.shape[1]), det.vqvae.codebook.weight).min(1).values
+    torch.testing.assert_close(residual.flatten(), nearest, rtol=1e-4, atol=1e-4)
+
+
 def test_context_gain_is_zero_for_a_prior_that_knows_only_the_code_frequencies(tiny_weights):
     det = Detector.load("brain", tiny_weights, device="cpu")
     vol = head_phantom((40, 36, 20), seed=6)
@@ -123,6 +145,8 @@ def test_readings_of_coded_volumes_are_the_volumes_own(tiny_weights):
     c, c_clean = coded(det, vol, n_slices=4), coded(det, clean, n_slices=4)
     assert coded(det, c) is c
     torch.testing.assert_close(c.codes, det.encode(det.slices(vol, n_slices=4)))
+    for a, b in zip(encoder_view(det, c, c_clean, label)["residual"], encoder_view(det, vol, clean, label, n_slices=4)["residual"]):
+        torch.testing.assert_close(a, b)
     for a, b in zip(nll_on_anomaly(det, c, label), nll_on_anomaly(det, vol, label, n_slices=4)):
         torch.testing.assert_close(a, b)
     for a, b in zip(rise_over_clean(det, c, c_clean, label)[:2], rise_over_clean(det, vol, clean, label, n_slices=4)[:2]):

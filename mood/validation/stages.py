@@ -13,8 +13,10 @@ restoration replaces and every voxel it moves away from the input is a false ala
 :func:`nll_on_anomaly` the other half for an anomalous one: restoration replaces an anomaly only
 where the prior finds its codes less likely than ``lambda_p``; :func:`context_gain` says how much
 of that the prior can know from the neighbouring codes at all, and :func:`rise_over_clean` what a
-prior that knew each cell's normal NLL would still miss. These three take a volume or its
-:func:`coded` slices and codes.
+prior that knew each cell's normal NLL would still miss. :func:`encoder_view` asks the same of the
+VQ-VAE's encoder before any code is chosen: whether an anomaly moves its encodings at all, and
+whether they land far from every code. These take a volume or its :func:`coded` slices, codes and
+encodings.
 """
 from __future__ import annotations
 
@@ -100,15 +102,17 @@ class Coded(NamedTuple):
 
     slices: Slices
     codes: torch.Tensor  # (S, L, L)
+    encodings: torch.Tensor  # (S, D, L, L) the encoder's outputs before quantisation
 
 
 @torch.no_grad()
 def coded(det: Detector, volume: np.ndarray | Coded, n_slices: int | None = None) -> Coded:
-    """``volume``'s scored slices and codes (``volume`` itself when it is already :class:`Coded`)."""
+    """``volume``'s scored slices, codes and encodings (``volume`` itself when it is already :class:`Coded`)."""
     if isinstance(volume, Coded):
         return volume
     s = det.slices(volume, n_slices)
-    return Coded(s, det.encode(s))
+    q = det.vqvae.encode(s.x, s.coord)
+    return Coded(s, q.codes, q.encodings)
 
 
 def _cells(det: Detector, s: Slices, label: np.ndarray, cells: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +132,7 @@ def nll_on_anomaly(det: Detector, volume: np.ndarray | Coded, label: np.ndarray,
     A cell is the patch of the slice that one code stands for; the label and the body are resampled
     as the volume is (:func:`mood.method.slicing.extract_slices`), then averaged over each cell.
     """
-    s, codes = coded(det, volume, n_slices)
+    s, codes, _ = coded(det, volume, n_slices)
     nll = det.code_nll(codes, s.coord)  # (S, L, L)
     anomalous, normal = _cells(det, s, label, nll.shape[-1])
     return nll[anomalous].double().cpu(), nll[normal].double().cpu()
@@ -146,11 +150,31 @@ def rise_over_clean(det: Detector, volume: np.ndarray | Coded, clean: np.ndarray
     anomalous cells no better than :func:`nll_on_anomaly`'s NLL, a better-trained prior cannot either;
     codes the anomaly leaves unchanged no prior can flag.
     """
-    (s, codes), (r, clean_codes) = coded(det, volume, n_slices), coded(det, clean, n_slices)
+    (s, codes, _), (r, clean_codes, _) = coded(det, volume, n_slices), coded(det, clean, n_slices)
     rise = det.code_nll(codes, s.coord) - det.code_nll(clean_codes, r.coord)
     anomalous, normal = _cells(det, s, label, rise.shape[-1])
     changed = float((codes != clean_codes)[anomalous].double().mean()) if anomalous.any() else float("nan")
     return rise[anomalous].double().cpu(), rise[normal].double().cpu(), changed
+
+
+@torch.no_grad()
+def encoder_view(det: Detector, volume: np.ndarray | Coded, clean: np.ndarray | Coded, label: np.ndarray,
+                 n_slices: int | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """What the encoder makes of one anomalous case, cell by cell, as ``(anomalous, normal)``
+    float64 values of the cells mostly inside the label and of the body's cells it does not touch:
+
+    - ``shift``: the distance of each cell's encoding from the clean volume's (``clean``: the
+      normal volume the case was made from) at the same cell. An oracle, like
+      :func:`rise_over_clean`: if an anomaly hardly moves its encodings, no code, prior or
+      threshold downstream can find it, and the encoder is what must change.
+    - ``residual``: the distance of each cell's encoding from its code's vector, which needs no
+      clean volume: an encoding that no code fits is itself a sign of something never trained on.
+    """
+    (s, codes, z), (_, _, z_clean) = coded(det, volume, n_slices), coded(det, clean, n_slices)
+    anomalous, normal = _cells(det, s, label, codes.shape[-1])
+    vectors = det.vqvae.codebook(codes).permute(0, 3, 1, 2)
+    readings = {"shift": (z - z_clean).norm(dim=1), "residual": (z - vectors).norm(dim=1)}
+    return {k: (v[anomalous].double().cpu(), v[normal].double().cpu()) for k, v in readings.items()}
 
 
 def pooled_auroc(anomalous: torch.Tensor, normal: torch.Tensor) -> float:
@@ -183,7 +207,7 @@ def context_gain(det: Detector, volume: np.ndarray | Coded, n_slices: int | None
 
     A prior that gains little finds a code out of place hardly less likely than a normal one.
     """
-    s, codes = coded(det, volume, n_slices)
+    s, codes, _ = coded(det, volume, n_slices)
     nll = det.code_nll(codes, s.coord)
     body = cell_share(body_mask(s.x, det.config), nll.shape[-1]) > 0.5
     freq = torch.bincount(codes[body], minlength=det.config.prior.n_codes).double() / body.sum()
