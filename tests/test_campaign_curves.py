@@ -28,8 +28,10 @@ def _vq_rows(cpu_per_step: float, recon: list[float]) -> list[dict]:
 
 
 def _curves(tmp_path: Path, *runs: str, logx: bool = False) -> str:
+    """The script's table for ``runs`` (``NAME=FOLDER``; any other argument passed as it is)."""
     out = tmp_path / "curves.png"
-    cmd = [sys.executable, str(SCRIPT), *[a for r in runs for a in ("--run", r)], "--out", str(out)]
+    cmd = [sys.executable, str(SCRIPT), *[a for r in runs for a in (("--run", r) if "=" in r else (r,))],
+           "--out", str(out)]
     done = subprocess.run(cmd + (["--logx"] if logx else []), capture_output=True, text=True, check=True)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return done.stdout
@@ -89,3 +91,33 @@ def test_table_reads_the_priors_nll_inside_the_body(tmp_path):
     prior = next(line for line in _curves(tmp_path, f"prior={tmp_path / 'prior'}").splitlines()
                  if line.startswith("| prior |"))
     assert "nll 1.0000 at 0.02 h | 3.0000 |" in prior
+
+
+def test_a_run_logged_in_pieces_reads_as_one(tmp_path):
+    rows = _vq_rows(1.0, [0.30, 0.20, 0.10])
+    first, second = tmp_path / "s1.jsonl", tmp_path / "s2.jsonl"
+    first.write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))  # steps 45 to 100
+    second.write_text("".join(json.dumps(r) + "\n" for r in rows[3:]))  # the next session repeats step 100
+    whole = _log(tmp_path / "whole", "vqvae", rows).parents[2]
+    joined = _curves(tmp_path, f"a={first},{second}").splitlines()[-1]
+    assert joined == _curves(tmp_path, f"a={whole}").splitlines()[-1]
+    assert "| a | vqvae | 150 | 0.04 |" in joined and joined.endswith("| 0.1000 | 0.1000 |")
+    prior = _log(tmp_path / "prior", "prior", [{"step": 10, "cpu_s": 36.0, "holdout_nll": 2.5}])
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        subprocess.run([sys.executable, str(SCRIPT), "--run", f"x={first},{prior}", "--out", str(tmp_path / "c.png")],
+                       capture_output=True, text=True, check=True)
+    assert "must log one model" in err.value.stderr
+
+
+def test_held_out_panel_places_each_validation_at_the_campaigns_hours_so_far(tmp_path):
+    _log(tmp_path / "vq", "vqvae", _vq_rows(1.0, [0.3, 0.2]))
+    runs = [{"cpu_hours": 1.5},
+            {"cpu_hours": 0.5, "held_out": {"pixel_ap": 0.004, "baseline_pixel_ap": 0.002, "sample_auroc": 0.7,
+                                            "baseline_sample_auroc": 0.55}},
+            {"cpu_hours": 2.0},
+            {"cpu_hours": 1.0, "held_out": {"pixel_ap": 0.006, "sample_auroc": 0.65}}]
+    campaign = tmp_path / "campaign.json"
+    campaign.write_text(json.dumps({"campaign": {"runs": runs}}))
+    out = _curves(tmp_path, f"vq={tmp_path / 'vq'}", "--held-out", str(campaign), "--goal", "0.05")
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "h |" not in line and "0." in line]
+    assert rows[-2:] == ["| 2.00 | 0.0040 | 0.0020 | 0.70 | 0.55 |", "| 5.00 | 0.0060 | nan | 0.65 | nan |"]
