@@ -6,7 +6,9 @@ challenge form:
 
 - :func:`mood.validation.stages.code_separation` of the anomalous cases: the AUROC of per-code NLL
   (latent cells more than half inside a label against their normal body's: whether any lambda_p
-  could tell them apart), the share of each above the card's lambda_p and their median NLL;
+  could tell them apart), the share of each above the card's lambda_p and their median NLL; and the
+  same AUROC of each code's NLL less the entropy of the prior's prediction at its cell
+  (``surprise_auroc``: :func:`mood.validation.stages.surprise_on_anomaly`);
 - on the normal cases, the body codes' mean NLL, the entropy of their own frequencies
   (``unigram``) and the difference (``gain``, nats): how much the prior gets from its context;
 - with ``--train-head VOLUME`` (repeated: heads the prior trained on, converted to the toy set's
@@ -45,7 +47,7 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mood.method.detector import Detector  # noqa: E402
 from mood.validation.stages import (Coded, code_separation, coded, context_gain, encoder_view, nll_on_anomaly,  # noqa: E402
-                                   pooled_auroc, rise_over_clean)
+                                   pooled_auroc, rise_over_clean, surprise_on_anomaly)
 from mood.validation.toy import MANIFEST  # noqa: E402
 from mood.volumes.convert import ensure_challenge_form  # noqa: E402
 from mood.volumes.volume_io import load_volume  # noqa: E402
@@ -60,6 +62,9 @@ def read(det: Detector, cases: list[tuple[np.ndarray | Coded, np.ndarray | None]
     splits = [nll_on_anomaly(det, volume, label) for volume, label in cases if label is not None]
     gains = [context_gain(det, volume) for volume, label in cases if label is None]
     out = code_separation(splits, det.card.threshold_pixel) if splits else {}
+    surprises = [surprise_on_anomaly(det, volume, label) for volume, label in cases if label is not None]
+    if "code_auroc" in out:
+        out["surprise_auroc"] = pooled_auroc(*(torch.cat([sp[i] for sp in surprises]) for i in (0, 1)))
     if gains:
         out.update({f"context_{k}": float(np.mean([g[k] for g in gains])) for k in gains[0]})
     if len(train_heads):

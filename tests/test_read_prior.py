@@ -53,6 +53,7 @@ def test_read_prior_reads_the_folders_prior_and_each_checkpoint(tmp_path, toy_se
     save_file({k: v + 0.5 * torch.randn_like(v) for k, v in prior.state_dict().items()}, str(ckpt))
     own = read(weights, toy)
     assert own["prior"] == str(weights) and own["anomalous_codes"] > 0 and 0.0 <= own["code_auroc"] <= 1.0
+    assert 0.0 <= own["surprise_auroc"] <= 1.0
     assert own["context_gain"] == pytest.approx(own["context_unigram"] - own["context_nll"], abs=2e-4)
     other = read(weights, toy, str(ckpt))
     assert other["prior"] == str(ckpt) and other["context_unigram"] == own["context_unigram"]  # the same codes

@@ -10,7 +10,7 @@ import torch
 from mood.method.detector import Detector
 from mood.method.slicing import cell_share
 from mood.validation.stages import (Row, coded, context_gain, draw_stages, encoder_view, nll_on_anomaly, planes_to_draw,
-                                    restoration_on_normal, rise_over_clean, stage_images)
+                                    restoration_on_normal, rise_over_clean, stage_images, surprise_on_anomaly)
 
 from conftest import head_phantom
 
@@ -113,6 +113,25 @@ def test_encoder_view_measures_each_cells_encoding_against_the_clean_ones_and_it
     assert len(view["residual"][1]) == len(nll_on_anomaly(det, vol, label, n_slices=4)[1])
     nearest = torch.cdist(q.encodings.permute(0, 2, 3, 1).reshape(-1, q.encodings.shape[1]), det.vqvae.codebook.weight).min(1).values
     torch.testing.assert_close(residual.flatten(), nearest, rtol=1e-4, atol=1e-4)
+
+
+def test_surprise_is_each_codes_nll_less_what_the_prior_expected_at_its_cell(tiny_weights):
+    det = Detector.load("brain", tiny_weights, device="cpu")
+    vol = head_phantom((40, 36, 20), seed=4)
+    s = det.slices(vol, n_slices=4)
+    label = np.zeros(vol.shape, bool)
+    label[:, :, s.grid.indices[1]] = True  # the whole of the second scored plane
+    surprise = surprise_on_anomaly(det, vol, label, n_slices=4)
+    codes = det.encode(s)
+    p = torch.softmax(det.prior(codes, s.coord).float(), dim=1)
+    expected = det.code_nll(codes, s.coord) + (p * p.log()).sum(1)  # NLL less the prediction's entropy
+    torch.testing.assert_close(surprise[0], expected[1].flatten().double(), rtol=1e-4, atol=1e-4)
+    nll = nll_on_anomaly(det, vol, label, n_slices=4)
+    assert len(surprise[1]) == len(nll[1]) and (surprise[1] < nll[1]).all()  # the same body cells, less their entropy
+    # a prior that predicts every code alike expects exactly what it pays: no surprise anywhere
+    det.prior = lambda c, coord: torch.zeros(len(c), det.config.prior.n_codes, *c.shape[1:])
+    for flat in surprise_on_anomaly(det, vol, label, n_slices=4):
+        torch.testing.assert_close(flat, torch.zeros_like(flat), atol=1e-5, rtol=0)
 
 
 def test_context_gain_is_zero_for_a_prior_that_knows_only_the_code_frequencies(tiny_weights):

@@ -12,7 +12,8 @@ restoration shows what the prior put in place of the codes it found unlikely.
 restoration replaces and every voxel it moves away from the input is a false alarm;
 :func:`nll_on_anomaly` the other half for an anomalous one: restoration replaces an anomaly only
 where the prior finds its codes less likely than ``lambda_p``; :func:`context_gain` says how much
-of that the prior can know from the neighbouring codes at all, and :func:`rise_over_clean` what a
+of that the prior can know from the neighbouring codes at all, :func:`surprise_on_anomaly` whether
+the anomalous codes cost more than the prior expected at their cells, and :func:`rise_over_clean` what a
 prior that knew each cell's normal NLL would still miss. :func:`encoder_view` asks the same of the
 VQ-VAE's encoder before any code is chosen: whether an anomaly moves its encodings at all, and
 whether they land far from every code. These take a volume or its :func:`coded` slices, codes and
@@ -136,6 +137,24 @@ def nll_on_anomaly(det: Detector, volume: np.ndarray | Coded, label: np.ndarray,
     nll = det.code_nll(codes, s.coord)  # (S, L, L)
     anomalous, normal = _cells(det, s, label, nll.shape[-1])
     return nll[anomalous].double().cpu(), nll[normal].double().cpu()
+
+
+@torch.no_grad()
+def surprise_on_anomaly(det: Detector, volume: np.ndarray | Coded, label: np.ndarray,
+                        n_slices: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`nll_on_anomaly`'s cells, each code's NLL less the entropy of the prior's prediction at
+    its cell (what the prior expected to pay there): ``(anomalous, normal)``, float64.
+
+    A cell whose context leaves many codes open costs many nats even when it is normal; a threshold
+    on this surprise instead of the NLL would flag only codes that cost more than their context
+    made likely, if the prior's uncertainty is what hides the anomalies.
+    """
+    s, codes, _ = coded(det, volume, n_slices)
+    logp = torch.log_softmax(det.prior(codes, s.coord).float(), dim=1)  # (S, K, L, L)
+    nll = -logp.gather(1, codes.unsqueeze(1)).squeeze(1)
+    surprise = nll + (logp.exp() * logp).sum(1)
+    anomalous, normal = _cells(det, s, label, codes.shape[-1])
+    return surprise[anomalous].double().cpu(), surprise[normal].double().cpu()
 
 
 @torch.no_grad()
