@@ -23,7 +23,8 @@ challenge form:
   the toy set's ``code_auroc`` says what memory of the very heads buys. Before the priors, one
   line of the VQ-VAE's own (:func:`mood.validation.stages.encoder_view`): whether the anomaly moves
   its cells' encodings (``shift_auroc``, an oracle) and whether they land far from every code
-  (``residual_auroc``); if the encoder does not see an anomaly, no prior can.
+  (``residual_auroc``); if the encoder does not see an anomaly, no prior can. ``--picture PNG``
+  draws these readings' histograms for the last prior read.
 
 These are the readings of ``scripts/validate_weights.py`` (``info.validation.held_out``), for one
 prior pass per case instead of a validation's restorations:
@@ -48,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mood.method.detector import Detector  # noqa: E402
 from mood.validation.stages import (Coded, code_separation, coded, context_gain, encoder_view, nll_on_anomaly,  # noqa: E402
                                    pooled_auroc, rise_over_clean, surprise_on_anomaly)
+from mood.validation.show import ensure_mpl_config  # noqa: E402
 from mood.validation.toy import MANIFEST  # noqa: E402
 from mood.volumes.convert import ensure_challenge_form  # noqa: E402
 from mood.volumes.volume_io import load_volume  # noqa: E402
@@ -98,6 +100,49 @@ def read_encoder(det: Detector, cases: list[tuple[np.ndarray | Coded, np.ndarray
     return out
 
 
+def draw(det: Detector, cases: list[tuple[np.ndarray | Coded, np.ndarray | None]],
+         clean: Sequence[np.ndarray | Coded | None], png: Path, title: str) -> None:
+    """Histograms of the anomalous cells' readings against the normal body's, each with its pooled
+    AUROC: what the prior says (NLL, surprise), what an oracle of it would (the NLL's rise over the
+    clean head's) and what the encoder sees (the encoding's shift, an oracle; its quantisation
+    residual)."""
+    anomalous = [(volume, label, normal) for (volume, label), normal in zip(cases, clean) if label is not None]
+    views = [encoder_view(det, volume, normal, label) for volume, label, normal in anomalous]
+    panels = {
+        "per-code NLL (nats)": [nll_on_anomaly(det, volume, label) for volume, label, _ in anomalous],
+        "NLL less the prediction's entropy (nats)": [surprise_on_anomaly(det, volume, label) for volume, label, _ in anomalous],
+        "NLL rise over the clean head's (nats; oracle)": [rise_over_clean(det, volume, normal, label)[:2]
+                                                          for volume, label, normal in anomalous],
+        "encoding's shift from the clean head's (oracle)": [v["shift"] for v in views],
+        "encoding's distance to its code": [v["residual"] for v in views],
+    }
+    ensure_mpl_config()
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.8))
+    for ax, (what, splits) in zip(axes, panels.items()):
+        a, n = (torch.cat([sp[i] for sp in splits]) for i in (0, 1))
+        both = torch.cat([a, n]).numpy()
+        if "shift" in what:  # from numerical noise to a new code: decades apart
+            bins = np.geomspace(max(both.min(), 1e-4), both.max() + 1e-4, 41)
+            a, n = a.clamp_min(1e-4), n.clamp_min(1e-4)
+            ax.set_xscale("log")
+        else:
+            bins = np.histogram_bin_edges(both, 40)
+        ax.hist(n.numpy(), bins, density=True, alpha=0.6, label=f"normal body cells ({len(n):,})")
+        ax.hist(a.numpy(), bins, density=True, alpha=0.6, label=f"anomalous cells ({len(a):,})")
+        ax.set_yscale("log")
+        ax.set_title(f"AUROC {pooled_auroc(a, n):.2f}", fontsize=10)
+        ax.set_xlabel(what, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
@@ -109,8 +154,13 @@ def main() -> None:
                     help="a volume the prior trained on (repeat the option): its context gain too, and the gap")
     ap.add_argument("--sources", type=Path, default=None, metavar="DIR",
                     help="the normal volumes the toy set was made from (make-toy's --input): the oracle's readings too")
+    ap.add_argument("--picture", type=Path, default=None, metavar="PNG",
+                    help="(with --sources) histograms of the anomalous cells' readings against the normal body's, "
+                         "for the last prior read")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    if args.picture and args.sources is None:
+        ap.error("--picture draws the oracle's readings too: it needs --sources")
     torch.set_num_threads(args.threads)
     det = Detector.load(args.region, args.weights, device="cpu")
     manifest = json.loads((args.toy / MANIFEST).read_text())["cases"]
@@ -136,6 +186,8 @@ def main() -> None:
         det.prior.eval()
         print(json.dumps({"prior": str(ckpt or args.weights), **{k: round(v, 4) for k, v in read(det, cases, heads, clean).items()}}),
               flush=True)
+    if args.picture:
+        draw(det, cases, clean, args.picture, f"{ckpt or args.weights} on {args.toy.name}")
 
 
 if __name__ == "__main__":

@@ -90,3 +90,13 @@ def test_read_prior_reads_the_oracle_against_the_clean_sources(tmp_path, toy_set
     plain, = lines(weights, toy)
     assert "changed_codes" not in plain and "oracle_auroc" not in plain  # only with --sources
     assert right["code_auroc"] == plain["code_auroc"]  # the other readings unchanged
+
+
+def test_read_prior_draws_the_readings_with_the_sources_only(tmp_path, toy_set):
+    weights, toy = toy_set
+    png = tmp_path / "readings.png"
+    read(weights, toy, "--sources", str(tmp_path / "normals"), "--picture", str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run = subprocess.run([sys.executable, str(SCRIPT), "--weights", str(weights), "--toy", str(toy),
+                          "--picture", str(tmp_path / "no.png")], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 2 and "needs --sources" in run.stderr and not (tmp_path / "no.png").exists()
