@@ -187,7 +187,7 @@ def main() -> None:
         print(json.dumps({"prior": str(ckpt or args.weights), **{k: round(v, 4) for k, v in read(det, cases, heads, clean).items()}}),
               flush=True)
     if args.picture:
-        draw(det, cases, clean, args.picture, f"{ckpt or args.weights} on {args.toy.name}")
+        draw(det, cases, clean, args.picture, f"{args.weights.name}, prior {(ckpt or args.weights).name}, on {args.toy.name}")
 
 
 if __name__ == "__main__":
