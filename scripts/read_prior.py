@@ -187,7 +187,8 @@ def main() -> None:
         print(json.dumps({"prior": str(ckpt or args.weights), **{k: round(v, 4) for k, v in read(det, cases, heads, clean).items()}}),
               flush=True)
     if args.picture:
-        draw(det, cases, clean, args.picture, f"{args.weights.name}, prior {(ckpt or args.weights).name}, on {args.toy.name}")
+        prior = f", prior {ckpt.name}" if ckpt is not None else ""
+        draw(det, cases, clean, args.picture, f"{args.weights.name}{prior}, on {args.toy.name}")
 
 
 if __name__ == "__main__":
