@@ -55,12 +55,17 @@ from mood.volumes.convert import ensure_challenge_form  # noqa: E402
 from mood.volumes.volume_io import load_volume  # noqa: E402
 
 
+Splits = list[tuple[torch.Tensor, torch.Tensor]]  # per case, (anomalous cells, normal body cells)
+
+
 def read(det: Detector, cases: list[tuple[np.ndarray | Coded, np.ndarray | None]],
-         train_heads: Sequence[np.ndarray | Coded] = (), clean: Sequence[np.ndarray | Coded | None] = ()) -> dict[str, float]:
+         train_heads: Sequence[np.ndarray | Coded] = (), clean: Sequence[np.ndarray | Coded | None] = ()
+         ) -> tuple[dict[str, float], dict[str, Splits]]:
     """The readings of ``det``'s prior on ``cases`` (volume, label or None for a normal case), on
     the volumes ``train_heads`` it trained on and, given ``clean`` (per case, the normal volume it
     was made from), the oracle's. Volumes may come :func:`~mood.validation.stages.coded` (the VQ-VAE
-    is frozen, so its codes serve every prior read)."""
+    is frozen, so its codes serve every prior read). Also returns the per-cell values it pooled:
+    ``nll``, ``surprise`` and (given ``clean``) ``rise``."""
     splits = [nll_on_anomaly(det, volume, label) for volume, label in cases if label is not None]
     gains = [context_gain(det, volume) for volume, label in cases if label is None]
     out = code_separation(splits, det.card.threshold_pixel) if splits else {}
@@ -80,15 +85,15 @@ def read(det: Detector, cases: list[tuple[np.ndarray | Coded, np.ndarray | None]
         anomalous, normal = (torch.cat([r[i] for r in rises]) for i in (0, 1))
         out["changed_codes"] = float(np.average([r[2] for r in rises], weights=[len(r[0]) for r in rises]))
         out["oracle_auroc"] = pooled_auroc(anomalous, normal)
-    return out
+    return out, {"nll": splits, "surprise": surprises, "rise": [r[:2] for r in rises]}
 
 
 def read_encoder(det: Detector, cases: list[tuple[np.ndarray | Coded, np.ndarray | None]],
-                 clean: Sequence[np.ndarray | Coded | None]) -> dict[str, float]:
+                 clean: Sequence[np.ndarray | Coded | None]) -> tuple[dict[str, float], dict[str, Splits]]:
     """The VQ-VAE's own readings of the anomalous ``cases`` against the normal volumes they were made
     from (:func:`~mood.validation.stages.encoder_view`, pooled): the AUROC of each cell's encoding
     shift (an oracle) and of its quantisation residual, anomalous cells against the normal body's,
-    and the median of each."""
+    and the median of each; and the per-cell values, ``shift`` and ``residual``."""
     views = [encoder_view(det, volume, normal, label) for (volume, label), normal in zip(cases, clean)
              if label is not None]
     out = {}
@@ -97,25 +102,19 @@ def read_encoder(det: Detector, cases: list[tuple[np.ndarray | Coded, np.ndarray
         if len(anomalous) and len(normal):
             out[f"{what}_auroc"] = pooled_auroc(anomalous, normal)
             out[f"{what}_median_anomalous"], out[f"{what}_median_normal"] = float(anomalous.median()), float(normal.median())
-    return out
+    return out, {what: [v[what] for v in views] for what in ("shift", "residual")}
 
 
-def draw(det: Detector, cases: list[tuple[np.ndarray | Coded, np.ndarray | None]],
-         clean: Sequence[np.ndarray | Coded | None], png: Path, title: str) -> None:
+def draw(cells: dict[str, Splits], png: Path, title: str) -> None:
     """Histograms of the anomalous cells' readings against the normal body's, each with its pooled
-    AUROC: what the prior says (NLL, surprise), what an oracle of it would (the NLL's rise over the
-    clean head's) and what the encoder sees (the encoding's shift, an oracle; its quantisation
-    residual)."""
-    anomalous = [(volume, label, normal) for (volume, label), normal in zip(cases, clean) if label is not None]
-    views = [encoder_view(det, volume, normal, label) for volume, label, normal in anomalous]
-    panels = {
-        "per-code NLL (nats)": [nll_on_anomaly(det, volume, label) for volume, label, _ in anomalous],
-        "NLL less the prediction's entropy (nats)": [surprise_on_anomaly(det, volume, label) for volume, label, _ in anomalous],
-        "NLL rise over the clean head's (nats; oracle)": [rise_over_clean(det, volume, normal, label)[:2]
-                                                          for volume, label, normal in anomalous],
-        "encoding's shift from the clean head's (oracle)": [v["shift"] for v in views],
-        "encoding's distance to its code": [v["residual"] for v in views],
-    }
+    AUROC (``cells``: :func:`read`'s and :func:`read_encoder`'s per-cell values): what the prior
+    says (NLL, surprise), what an oracle of it would (the NLL's rise over the clean head's) and what
+    the encoder sees (the encoding's shift, an oracle; its quantisation residual)."""
+    panels = {"per-code NLL (nats)": cells["nll"],
+              "NLL less the prediction's entropy (nats)": cells["surprise"],
+              "NLL rise over the clean head's (nats; oracle)": cells["rise"],
+              "encoding's shift from the clean head's (oracle)": cells["shift"],
+              "encoding's distance to its code": cells["residual"]}
     ensure_mpl_config()
     import matplotlib
     matplotlib.use("Agg")
@@ -178,17 +177,17 @@ def main() -> None:
                 normals[case["source"]] = coded(det, ensure_challenge_form(args.sources / case["source"], args.region,
                                                                            shape=shape)[0])
             clean.append(normals[case["source"]] if case["kind"] else None)
-        print(json.dumps({"encoder": str(args.weights), **{k: round(v, 4) for k, v in read_encoder(det, cases, clean).items()}}),
-              flush=True)
+        encoder, encoder_cells = read_encoder(det, cases, clean)
+        print(json.dumps({"encoder": str(args.weights), **{k: round(v, 4) for k, v in encoder.items()}}), flush=True)
     for ckpt in args.checkpoints or [None]:
         if ckpt is not None:
             det.prior.load_state_dict({k: v.float() for k, v in load_file(str(ckpt)).items()})
         det.prior.eval()
-        print(json.dumps({"prior": str(ckpt or args.weights), **{k: round(v, 4) for k, v in read(det, cases, heads, clean).items()}}),
-              flush=True)
+        readings, cells = read(det, cases, heads, clean)
+        print(json.dumps({"prior": str(ckpt or args.weights), **{k: round(v, 4) for k, v in readings.items()}}), flush=True)
     if args.picture:
         prior = f", prior {ckpt.name}" if ckpt is not None else ""
-        draw(det, cases, clean, args.picture, f"{args.weights.name}{prior}, on {args.toy.name}")
+        draw(cells | encoder_cells, args.picture, f"{args.weights.name}{prior}, on {args.toy.name}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..method.detector import Detector, Slices
+from ..method.networks.pixelsnail import code_nll
 from ..method.slicing import SliceGrid, body_mask, cell_share, extract_slices, normalise
 from .metrics import ScoreCounts, auroc
 from .show import ensure_mpl_config
@@ -150,9 +151,9 @@ def surprise_on_anomaly(det: Detector, volume: np.ndarray | Coded, label: np.nda
     made likely, if the prior's uncertainty is what hides the anomalies.
     """
     s, codes, _ = coded(det, volume, n_slices)
-    logp = torch.log_softmax(det.prior(codes, s.coord).float(), dim=1)  # (S, K, L, L)
-    nll = -logp.gather(1, codes.unsqueeze(1)).squeeze(1)
-    surprise = nll + (logp.exp() * logp).sum(1)
+    logits = det.prior(codes, s.coord)  # (S, K, L, L)
+    logp = torch.log_softmax(logits.float(), dim=1)
+    surprise = code_nll(logits, codes) + (logp.exp() * logp).sum(1)
     anomalous, normal = _cells(det, s, label, codes.shape[-1])
     return surprise[anomalous].double().cpu(), surprise[normal].double().cpu()
 
