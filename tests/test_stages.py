@@ -74,16 +74,23 @@ def test_nll_on_anomaly_splits_the_codes_by_label_and_body(tiny_weights):
     assert len(all_normal) < nll.numel()  # background cells are neither
 
 
-def test_rise_over_clean_compares_each_cell_with_the_clean_volumes(tiny_weights):
-    det = Detector.load("brain", tiny_weights, device="cpu")
+def _swapped_plane(weights):
+    """(detector, a clean head, the same head with its second scored plane taken from another head,
+    the label of that plane, the clean head's slices)."""
+    det = Detector.load("brain", weights, device="cpu")
     clean = head_phantom((40, 36, 20), seed=5)
     s = det.slices(clean, n_slices=4)
     label = np.zeros(clean.shape, bool)
     label[:, :, s.grid.indices[1]] = True  # the whole of the second scored plane
-    rise, normal_rise, changed = rise_over_clean(det, clean, clean, label, n_slices=4)
-    assert len(rise) and not rise.any() and not normal_rise.any() and changed == 0.0  # nothing changed
     vol = clean.copy()
     vol[..., s.grid.indices[1]] = head_phantom((40, 36, 20), seed=9)[..., s.grid.indices[1]]  # another head's plane
+    return det, clean, vol, label, s
+
+
+def test_rise_over_clean_compares_each_cell_with_the_clean_volumes(tiny_weights):
+    det, clean, vol, label, s = _swapped_plane(tiny_weights)
+    rise, normal_rise, changed = rise_over_clean(det, clean, clean, label, n_slices=4)
+    assert len(rise) and not rise.any() and not normal_rise.any() and changed == 0.0  # nothing changed
     rise, normal_rise, changed = rise_over_clean(det, vol, clean, label, n_slices=4)
     t = det.slices(vol, n_slices=4)
     codes, clean_codes = det.encode(t), det.encode(s)
@@ -94,15 +101,9 @@ def test_rise_over_clean_compares_each_cell_with_the_clean_volumes(tiny_weights)
 
 
 def test_encoder_view_measures_each_cells_encoding_against_the_clean_ones_and_its_code(tiny_weights):
-    det = Detector.load("brain", tiny_weights, device="cpu")
-    clean = head_phantom((40, 36, 20), seed=5)
-    s = det.slices(clean, n_slices=4)
-    label = np.zeros(clean.shape, bool)
-    label[:, :, s.grid.indices[1]] = True  # the whole of the second scored plane
+    det, clean, vol, label, s = _swapped_plane(tiny_weights)
     same = encoder_view(det, clean, clean, label, n_slices=4)
     assert len(same["shift"][0]) and not same["shift"][0].any() and not same["shift"][1].any()  # nothing moved
-    vol = clean.copy()
-    vol[..., s.grid.indices[1]] = head_phantom((40, 36, 20), seed=9)[..., s.grid.indices[1]]  # another head's plane
     view = encoder_view(det, vol, clean, label, n_slices=4)
     q, q_clean = det.vqvae.encode(det.slices(vol, n_slices=4).x, s.coord), det.vqvae.encode(s.x, s.coord)
     torch.testing.assert_close(view["shift"][0], (q.encodings - q_clean.encodings)[1].norm(dim=0).flatten().double())
