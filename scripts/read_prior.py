@@ -24,7 +24,12 @@ challenge form:
   line of the VQ-VAE's own (:func:`mood.validation.stages.encoder_view`): whether the anomaly moves
   its cells' encodings (``shift_auroc``, an oracle) and whether they land far from every code
   (``residual_auroc``); if the encoder does not see an anomaly, no prior can. ``--picture PNG``
-  draws these readings' histograms for the last prior read.
+  draws these readings' histograms for the last prior read;
+- with ``--bank DIR`` (normal volumes, such as the heads the networks trained on), a score that
+  needs no code and no prior (:func:`mood.validation.stages.nearest_normal`): each cell's distance
+  from its encoding to the nearest body-cell encoding of DIR's volumes, leaving out the one a case
+  was made from (a file of the same name; leave other scans of the same person out of DIR too),
+  on the VQ-VAE's line (``nearest_auroc``).
 
 These are the readings of ``scripts/validate_weights.py`` (``info.validation.held_out``), for one
 prior pass per case instead of a validation's restorations:
@@ -32,6 +37,7 @@ prior pass per case instead of a validation's restorations:
     python scripts/read_prior.py --weights weights/brain --toy VAL/toy/brain RUN/train/prior/model-*.safetensors
     python scripts/read_prior.py --weights W --toy TOY --train-head DATA/brain/a.nii.gz --train-head DATA/brain/b.nii.gz
     python scripts/read_prior.py --weights W --toy TOY --sources NORMALS  # NORMALS: make-toy's --input
+    python scripts/read_prior.py --weights W --toy TOY --bank DATA/brain
 """
 from __future__ import annotations
 
@@ -47,8 +53,8 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mood.method.detector import Detector  # noqa: E402
-from mood.validation.stages import (Coded, code_separation, coded, context_gain, encoder_view, nll_on_anomaly,  # noqa: E402
-                                   pooled_auroc, rise_over_clean, surprise_on_anomaly)
+from mood.validation.stages import (Coded, body_encodings, code_separation, coded, context_gain, encoder_view,  # noqa: E402
+                                   nearest_normal, nll_on_anomaly, pooled_auroc, rise_over_clean, surprise_on_anomaly)
 from mood.validation.show import ensure_mpl_config  # noqa: E402
 from mood.validation.toy import MANIFEST  # noqa: E402
 from mood.volumes.convert import ensure_challenge_form  # noqa: E402
@@ -89,32 +95,45 @@ def read(det: Detector, cases: list[tuple[np.ndarray | Coded, np.ndarray | None]
 
 
 def read_encoder(det: Detector, cases: list[tuple[np.ndarray | Coded, np.ndarray | None]],
-                 clean: Sequence[np.ndarray | Coded | None]) -> tuple[dict[str, float], dict[str, Splits]]:
-    """The VQ-VAE's own readings of the anomalous ``cases`` against the normal volumes they were made
-    from (:func:`~mood.validation.stages.encoder_view`, pooled): the AUROC of each cell's encoding
-    shift (an oracle) and of its quantisation residual, anomalous cells against the normal body's,
-    and the median of each; and the per-cell values, ``shift`` and ``residual``."""
-    views = [encoder_view(det, volume, normal, label) for (volume, label), normal in zip(cases, clean)
-             if label is not None]
+                 clean: Sequence[np.ndarray | Coded | None] = (), bank: dict[str, torch.Tensor] | None = None,
+                 sources: Sequence[str | None] = ()) -> tuple[dict[str, float], dict[str, Splits]]:
+    """The VQ-VAE's own readings of the anomalous ``cases``, pooled: given ``clean`` (per case, the
+    normal volume it was made from; :func:`~mood.validation.stages.encoder_view`) each cell's
+    encoding shift (an oracle) and its quantisation residual; given ``bank`` (normal volumes'
+    :func:`~mood.validation.stages.body_encodings` by name) and ``sources`` (per case, the name of
+    the one it was made from, left out of the bank) the distance to the nearest normal encoding,
+    ``nearest``. For each, the AUROC of the anomalous cells against the normal body's and the
+    median of each; and the per-cell values."""
+    views: dict[str, Splits] = {}
+    if len(clean):
+        encoder = [encoder_view(det, volume, normal, label) for (volume, label), normal in zip(cases, clean)
+                   if label is not None]
+        views |= {what: [v[what] for v in encoder] for what in ("shift", "residual")}
+    if bank:
+        views["nearest"] = [nearest_normal(det, volume, label, torch.cat([b for name, b in bank.items() if name != source]))
+                            for (volume, label), source in zip(cases, sources) if label is not None]
     out = {}
-    for what in ("shift", "residual"):
-        anomalous, normal = (torch.cat([v[what][i] for v in views]) for i in (0, 1))
+    for what, splits in views.items():
+        anomalous, normal = (torch.cat([sp[i] for sp in splits]) for i in (0, 1))
         if len(anomalous) and len(normal):
             out[f"{what}_auroc"] = pooled_auroc(anomalous, normal)
             out[f"{what}_median_anomalous"], out[f"{what}_median_normal"] = float(anomalous.median()), float(normal.median())
-    return out, {what: [v[what] for v in views] for what in ("shift", "residual")}
+    return out, views
 
 
 def draw(cells: dict[str, Splits], png: Path, title: str) -> None:
     """Histograms of the anomalous cells' readings against the normal body's, each with its pooled
     AUROC (``cells``: :func:`read`'s and :func:`read_encoder`'s per-cell values): what the prior
     says (NLL, surprise), what an oracle of it would (the NLL's rise over the clean head's) and what
-    the encoder sees (the encoding's shift, an oracle; its quantisation residual)."""
+    the encoder sees (the encoding's shift, an oracle; its quantisation residual; given a bank, its
+    distance to the nearest normal encoding)."""
     panels = {"per-code NLL (nats)": cells["nll"],
               "NLL less the prediction's entropy (nats)": cells["surprise"],
               "NLL rise over the clean head's (nats; oracle)": cells["rise"],
               "encoding's shift from the clean head's (oracle)": cells["shift"],
               "encoding's distance to its code": cells["residual"]}
+    if "nearest" in cells:
+        panels["distance to the nearest normal head's encoding"] = cells["nearest"]
     ensure_mpl_config()
     import matplotlib
     matplotlib.use("Agg")
@@ -156,6 +175,9 @@ def main() -> None:
     ap.add_argument("--picture", type=Path, default=None, metavar="PNG",
                     help="(with --sources) histograms of the anomalous cells' readings against the normal body's, "
                          "for the last prior read")
+    ap.add_argument("--bank", type=Path, default=None, metavar="DIR",
+                    help="a folder of normal volumes: each cell's distance to their nearest body-cell encoding, "
+                         "leaving out the volume a case was made from")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     if args.picture and args.sources is None:
@@ -177,7 +199,11 @@ def main() -> None:
                 normals[case["source"]] = coded(det, ensure_challenge_form(args.sources / case["source"], args.region,
                                                                            shape=shape)[0])
             clean.append(normals[case["source"]] if case["kind"] else None)
-        encoder, encoder_cells = read_encoder(det, cases, clean)
+    bank = {path.name: body_encodings(det, ensure_challenge_form(path, args.region, shape=shape)[0])
+            for path in sorted(args.bank.glob("*.nii*"))} if args.bank is not None else None
+    if clean or bank:
+        sources = [case["source"] if case["kind"] else None for _, case in sorted(manifest.items())]
+        encoder, encoder_cells = read_encoder(det, cases, clean, bank, sources)
         print(json.dumps({"encoder": str(args.weights), **{k: round(v, 4) for k, v in encoder.items()}}), flush=True)
     for ckpt in args.checkpoints or [None]:
         if ckpt is not None:

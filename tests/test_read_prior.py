@@ -92,6 +92,23 @@ def test_read_prior_reads_the_oracle_against_the_clean_sources(tmp_path, toy_set
     assert right["code_auroc"] == plain["code_auroc"]  # the other readings unchanged
 
 
+def test_read_prior_reads_the_nearest_normal_encoding_leaving_out_each_cases_source(tmp_path, toy_set):
+    """--bank: each cell's distance to the nearest body-cell encoding of the bank's volumes, without
+    the one the case was made from (:func:`mood.validation.stages.nearest_normal` is tested in test_stages)."""
+    weights, toy = toy_set
+    normals = tmp_path / "normals"
+    encoder = lines(weights, toy, "--bank", str(normals))[0]
+    assert encoder["encoder"] == str(weights) and "shift_auroc" not in encoder  # no oracle without --sources
+    assert 0.0 <= encoder["nearest_auroc"] <= 1.0 and encoder["nearest_median_normal"] > 0.01  # the other head's tissue
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    for path in normals.iterdir():  # the same heads under other names: no longer left out
+        (renamed / f"copy_{path.name}").write_bytes(path.read_bytes())
+    own = lines(weights, toy, "--bank", str(renamed))[0]
+    assert own["nearest_median_normal"] < encoder["nearest_median_normal"] / 5  # a case's normal cells are then in the bank
+    assert own["nearest_median_anomalous"] > own["nearest_median_normal"]
+
+
 def test_read_prior_draws_the_readings_with_the_sources_only(tmp_path, toy_set):
     weights, toy = toy_set
     png = tmp_path / "readings.png"

@@ -9,8 +9,9 @@ import torch
 
 from mood.method.detector import Detector
 from mood.method.slicing import cell_share
-from mood.validation.stages import (Row, coded, context_gain, draw_stages, encoder_view, nll_on_anomaly, planes_to_draw,
-                                    restoration_on_normal, rise_over_clean, stage_images, surprise_on_anomaly)
+from mood.validation.stages import (Row, body_encodings, coded, context_gain, draw_stages, encoder_view, nearest_normal,
+                                    nll_on_anomaly, planes_to_draw, restoration_on_normal, rise_over_clean, stage_images,
+                                    surprise_on_anomaly)
 
 from conftest import head_phantom
 
@@ -114,6 +115,21 @@ def test_encoder_view_measures_each_cells_encoding_against_the_clean_ones_and_it
     assert len(view["residual"][1]) == len(nll_on_anomaly(det, vol, label, n_slices=4)[1])
     nearest = torch.cdist(q.encodings.permute(0, 2, 3, 1).reshape(-1, q.encodings.shape[1]), det.vqvae.codebook.weight).min(1).values
     torch.testing.assert_close(residual.flatten(), nearest, rtol=1e-4, atol=1e-4)
+
+
+def test_nearest_normal_is_each_cells_distance_to_the_banks_nearest_encoding(tiny_weights):
+    det, clean, vol, label, s = _swapped_plane(tiny_weights)
+    bank = body_encodings(det, clean, n_slices=4)
+    z = coded(det, clean, n_slices=4).encodings
+    assert bank.shape[1] == z.shape[1] and 0 < len(bank) < z[:, 0].numel()  # the body's cells, not the background's
+    anomalous, normal = nearest_normal(det, vol, label, bank, n_slices=4)
+    assert len(normal) == len(nll_on_anomaly(det, vol, label, n_slices=4)[1])
+    assert normal.max() < 0.01  # unchanged cells are in the bank (cdist's matrix product leaves ~1e-3 of rounding)
+    z_vol = coded(det, vol, n_slices=4).encodings[1].permute(1, 2, 0).reshape(-1, z.shape[1])
+    torch.testing.assert_close(anomalous, torch.cdist(z_vol, bank).min(1).values.double(), atol=1e-4, rtol=1e-4)  # the replaced plane
+    assert anomalous.median() > 0.1
+    # a bank split into small chunks of the case gives the same distances
+    torch.testing.assert_close(nearest_normal(det, vol, label, bank, n_slices=4, chunk=7)[0], anomalous, atol=1e-3, rtol=1e-3)
 
 
 def test_surprise_is_each_codes_nll_less_what_the_prior_expected_at_its_cell(tiny_weights):

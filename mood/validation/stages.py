@@ -16,7 +16,8 @@ of that the prior can know from the neighbouring codes at all, :func:`surprise_o
 the anomalous codes cost more than the prior expected at their cells, and :func:`rise_over_clean` what a
 prior that knew each cell's normal NLL would still miss. :func:`encoder_view` asks the same of the
 VQ-VAE's encoder before any code is chosen: whether an anomaly moves its encodings at all, and
-whether they land far from every code. These take a volume or its :func:`coded` slices, codes and
+whether they land far from every code; :func:`nearest_normal`, whether they land far from every
+encoding of other normal heads (:func:`body_encodings`), a score that needs no code and no prior. These take a volume or its :func:`coded` slices, codes and
 encodings.
 """
 from __future__ import annotations
@@ -195,6 +196,34 @@ def encoder_view(det: Detector, volume: np.ndarray | Coded, clean: np.ndarray | 
     vectors = det.vqvae.codebook(codes).permute(0, 3, 1, 2)
     readings = {"shift": (z - z_clean).norm(dim=1), "residual": (z - vectors).norm(dim=1)}
     return {k: (v[anomalous].double().cpu(), v[normal].double().cpu()) for k, v in readings.items()}
+
+
+@torch.no_grad()
+def body_encodings(det: Detector, volume: np.ndarray | Coded, n_slices: int | None = None) -> torch.Tensor:
+    """The encodings (N, D) of ``volume``'s latent cells mostly inside the body: a bank of normal
+    tissue for :func:`nearest_normal`."""
+    s, codes, z = coded(det, volume, n_slices)
+    body = cell_share(body_mask(s.x, det.config), codes.shape[-1]) > 0.5
+    return z.permute(0, 2, 3, 1)[body]
+
+
+@torch.no_grad()
+def nearest_normal(det: Detector, volume: np.ndarray | Coded, label: np.ndarray, bank: torch.Tensor,
+                   n_slices: int | None = None, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each cell's distance from its encoding to the nearest of ``bank`` (N, D: :func:`body_encodings`
+    of normal heads other than the one the case was made from), as :func:`nll_on_anomaly`'s
+    ``(anomalous, normal)`` float64 cells.
+
+    A nearest-neighbour score of patch features (as PatchCore's), on the encoder's own: it needs no
+    code and no prior, so it reads whether the encoder's view of an anomaly, which moves far from
+    the clean head's (:func:`encoder_view`), is also far from all normal tissue, or lands where
+    another head's normal tissue lies.
+    """
+    s, codes, z = coded(det, volume, n_slices)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    distance = torch.cat([torch.cdist(part, bank).min(1).values for part in flat.split(chunk)]).reshape(codes.shape)
+    anomalous, normal = _cells(det, s, label, codes.shape[-1])
+    return distance[anomalous].double().cpu(), distance[normal].double().cpu()
 
 
 def pooled_auroc(anomalous: torch.Tensor, normal: torch.Tensor) -> float:
