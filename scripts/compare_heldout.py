@@ -78,11 +78,11 @@ def main(argv: list[str]) -> int:
         for name, r in spread.items():
             print(f"| {name} | {r['new']:.4f} ({r['new_span'][0]:.4f}-{r['new_span'][1]:.4f}) "
                   f"| {r['old']:.4f} ({r['old_span'][0]:.4f}-{r['old_span'][1]:.4f}) "
-                  f"| {r['difference_span'][0]:+.4f} to {r['difference_span'][1]:+.4f} | {r['new_ahead']:.0%} |")
+                  f"| {r['difference_span'][0]:+.4f} to {r['difference_span'][1]:+.4f} | {r['new_ahead']:.1%} |")
         ahead = spread["pixel_ap"]["new_ahead"]
         if verdict and ahead < args.ahead:
             verdict = False
-            message = (f"higher on both, but ahead on pixel AP in only {ahead:.0%} of the resamples "
+            message = (f"higher on both, but ahead on pixel AP in only {ahead:.1%} of the resamples "
                        f"(< {args.ahead:.0%}): within what these cases can tell; do not ship them")
     print(message)
     return 0 if verdict else 3
