@@ -182,6 +182,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.picture and args.sources is None:
         ap.error("--picture draws the oracle's readings too: it needs --sources")
+    if args.bank is not None and not any(args.bank.glob("*.nii*")):
+        ap.error(f"--bank {args.bank}: no NIfTI volumes there")
     torch.set_num_threads(args.threads)
     det = Detector.load(args.region, args.weights, device="cpu")
     manifest = json.loads((args.toy / MANIFEST).read_text())["cases"]

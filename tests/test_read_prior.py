@@ -107,6 +107,10 @@ def test_read_prior_reads_the_nearest_normal_encoding_leaving_out_each_cases_sou
     own = lines(weights, toy, "--bank", str(renamed))[0]
     assert own["nearest_median_normal"] < encoder["nearest_median_normal"] / 5  # a case's normal cells are then in the bank
     assert own["nearest_median_anomalous"] > own["nearest_median_normal"]
+    (tmp_path / "empty").mkdir()
+    run = subprocess.run([sys.executable, str(SCRIPT), "--weights", str(weights), "--toy", str(toy),
+                          "--bank", str(tmp_path / "empty")], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 2 and "no NIfTI volumes" in run.stderr
 
 
 def test_read_prior_draws_the_readings_with_the_sources_only(tmp_path, toy_set):
