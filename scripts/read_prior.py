@@ -110,7 +110,9 @@ def read_encoder(det: Detector, cases: list[tuple[np.ndarray | Coded, np.ndarray
                    if label is not None]
         views |= {what: [v[what] for v in encoder] for what in ("shift", "residual")}
     if bank:
-        views["nearest"] = [nearest_normal(det, volume, label, torch.cat([b for name, b in bank.items() if name != source]))
+        # one bank per source head, built once however many cases were made from it
+        left_out = {source: torch.cat([b for name, b in bank.items() if name != source]) for source in set(sources) if source}
+        views["nearest"] = [nearest_normal(det, volume, label, left_out[source])
                             for (volume, label), source in zip(cases, sources) if label is not None]
     out = {}
     for what, splits in views.items():

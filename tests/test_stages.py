@@ -128,7 +128,7 @@ def test_nearest_normal_is_each_cells_distance_to_the_banks_nearest_encoding(tin
     z_vol = coded(det, vol, n_slices=4).encodings[1].permute(1, 2, 0).reshape(-1, z.shape[1])
     torch.testing.assert_close(anomalous, torch.cdist(z_vol, bank).min(1).values.double(), atol=1e-4, rtol=1e-4)  # the replaced plane
     assert anomalous.median() > 0.1
-    # a bank split into small chunks of the case gives the same distances
+    # the case's cells compared with the bank in small chunks give the same distances
     torch.testing.assert_close(nearest_normal(det, vol, label, bank, n_slices=4, chunk=7)[0], anomalous, atol=1e-3, rtol=1e-3)
 
 

@@ -17,8 +17,8 @@ the anomalous codes cost more than the prior expected at their cells, and :func:
 prior that knew each cell's normal NLL would still miss. :func:`encoder_view` asks the same of the
 VQ-VAE's encoder before any code is chosen: whether an anomaly moves its encodings at all, and
 whether they land far from every code; :func:`nearest_normal`, whether they land far from every
-encoding of other normal heads (:func:`body_encodings`), a score that needs no code and no prior. These take a volume or its :func:`coded` slices, codes and
-encodings.
+encoding of other normal heads (:func:`body_encodings`), a score that needs no code and no prior.
+These take a volume or its :func:`coded` slices, codes and encodings.
 """
 from __future__ import annotations
 
@@ -118,12 +118,16 @@ def coded(det: Detector, volume: np.ndarray | Coded, n_slices: int | None = None
     return Coded(s, q.codes, q.encodings)
 
 
+def _body_cells(det: Detector, s: Slices, cells: int) -> torch.Tensor:
+    """Mask (S, L, L) of the latent cells mostly inside the body."""
+    return cell_share(body_mask(s.x, det.config), cells) > 0.5
+
+
 def _cells(det: Detector, s: Slices, label: np.ndarray, cells: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Masks (S, L, L) of the latent cells mostly inside ``label`` and of the body's cells it does not touch."""
     lab = cell_share(extract_slices(torch.as_tensor(label, dtype=torch.float32, device=s.x.device), s.grid, s.x.shape[-1]),
                      cells)
-    body = cell_share(body_mask(s.x, det.config), cells)
-    return lab > 0.5, (body > 0.5) & (lab == 0)
+    return lab > 0.5, _body_cells(det, s, cells) & (lab == 0)
 
 
 @torch.no_grad()
@@ -203,8 +207,7 @@ def body_encodings(det: Detector, volume: np.ndarray | Coded, n_slices: int | No
     """The encodings (N, D) of ``volume``'s latent cells mostly inside the body: a bank of normal
     tissue for :func:`nearest_normal`."""
     s, codes, z = coded(det, volume, n_slices)
-    body = cell_share(body_mask(s.x, det.config), codes.shape[-1]) > 0.5
-    return z.permute(0, 2, 3, 1)[body]
+    return z.permute(0, 2, 3, 1)[_body_cells(det, s, codes.shape[-1])]
 
 
 @torch.no_grad()
