@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_IN_FLIGHT, METHODS, REGIONS
+from .config import DEFAULT_IN_FLIGHT, METHODS, REGIONS, TRAINING_TASKS
 
 EPILOG = """\
 examples:
@@ -44,6 +44,21 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
     return value
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    values = tuple(_positive_int(v) for v in text.split(",") if v.strip())
+    if len(values) < 2:
+        raise argparse.ArgumentTypeError(f"needs at least two comma-separated widths, got {text!r}")
+    return values
+
+
+def _task_list(text: str) -> tuple[str, ...]:
+    tasks = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [t for t in tasks if t not in TRAINING_TASKS]
+    if unknown or not tasks:
+        raise argparse.ArgumentTypeError(f"unknown task(s) {unknown or text!r}; choose from {', '.join(TRAINING_TASKS)}")
+    return tasks
 
 
 def _shard(text: str):
@@ -140,11 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .training.settings import CODEBOOK_UPDATES, PLANES, QUANTISER_GRADIENTS, SCHEDULES, TrainSettings
 
     TRAIN = TrainSettings()  # the one place the training defaults are defined
-    p = sub.add_parser("train", help="train the VQ-VAE or the prior on normal volumes", parents=[REGION, DEVICE, SEED, THREADS],
+    p = sub.add_parser("train", help="train the localiser, the VQ-VAE or the prior on normal volumes",
+                       parents=[REGION, DEVICE, SEED, THREADS],
                        description="Train one model of a region on a folder of normal volumes (any grid; "
                                    "converted to the challenge's form). Resumable; logs to OUT/train/. "
                                    "Multi-process: torchrun --nproc_per_node=N -m mood train ...")
-    p.add_argument("model", choices=("vqvae", "prior"))
+    p.add_argument("model", choices=("localiser", "vqvae", "prior"),
+                   help="localiser: a U-Net that learns to segment synthetic anomalies drawn into the "
+                        "normal slices (the default method); vqvae, then prior: LSR's two networks")
     p.add_argument("--data", required=True, type=Path, help="folder of normal volumes")
     p.add_argument("--out", required=True, type=Path, help="weights folder to write")
     p.add_argument("--vqvae", type=Path, help="(prior) weights folder of the trained VQ-VAE")
@@ -208,6 +226,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(vqvae) train on random PIXELS x PIXELS windows of the slices, a multiple of the "
                         "VQ-VAE's downsampling (8 brain, 16 abdomen); it still encodes whole slices "
                         f"(default: {TRAIN.crop}: whole slices)")
+    p.add_argument("--tasks", type=_task_list, default=TRAIN.tasks, metavar="T1,T2,...",
+                   help="(localiser) the synthetic-anomaly families it learns from, of "
+                        f"{', '.join(TRAINING_TASKS)} (default: all). Leave one out to measure the model on "
+                        "the validation kinds that family would make (a leave-task-out fold)")
+    p.add_argument("--label-sigma", type=float, default=TRAIN.label_sigma,
+                   help="(localiser) target 1 - exp(-d^2 / (2 SIGMA^2)) of each pixel's change d in normalised "
+                        f"units (default: {TRAIN.label_sigma})")
+    p.add_argument("--average", type=float, default=TRAIN.average, metavar="DECAY",
+                   help="(localiser) decay of the moving average of the weights that is evaluated and "
+                        f"exported; 0 exports the latest weights (default: {TRAIN.average})")
+    p.add_argument("--channels", type=_int_list, default=None, metavar="C1,C2,...",
+                   help="(localiser) U-Net widths from full resolution down, each further one halving the grid "
+                        "(default: the region's, e.g. 16,32,64,128,128)")
+    p.add_argument("--image-size", type=_positive_int, default=None, metavar="PIXELS",
+                   help="(localiser) slice side in pixels it trains and scores at (default: the region's)")
     p.add_argument("--ckpt-every", type=_positive_int, default=TRAIN.ckpt_every,
                    help=f"steps between checkpoints (default: {TRAIN.ckpt_every})")
     p.add_argument("--log-every", type=_positive_int, default=TRAIN.log_every,
@@ -293,6 +326,13 @@ def split_extra(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Usage errors that argparse cannot see alone (combinations): exit 2 with argparse's message."""
+    if args.command == "train" and args.model != "localiser" and (
+            args.tasks != TRAINING_TASKS or args.channels or args.image_size):
+        parser.error("--tasks, --channels and --image-size apply to the localiser")
+    if args.command == "train" and args.model == "localiser" and (
+            args.vqvae or args.width != 1.0 or args.cell or args.codes or args.crop or args.prior_channels
+            or args.prior_blocks or args.prior_dropout is not None):
+        parser.error("--vqvae, --width, --cell, --codes, --crop and --prior-* apply to LSR's networks, not the localiser")
     if args.command == "train" and args.model == "prior":
         if args.width != 1.0 or args.cell or args.codes:
             parser.error("--width, --cell and --codes apply to the VQ-VAE; the prior takes its architecture from --vqvae")
@@ -375,11 +415,14 @@ def train_settings(args: argparse.Namespace):
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .training import train_prior, train_vqvae
+    from .training import train_localiser, train_prior, train_vqvae
 
     common = dict(settings=train_settings(args), holdout=args.holdout, resume=args.resume, tiny=args.tiny,
                   device=args.device, threads=args.threads, init_from=args.init_from)
-    if args.model == "vqvae":
+    if args.model == "localiser":
+        out = train_localiser(args.region, args.data, args.out, channels=args.channels, image_size=args.image_size,
+                              **common)
+    elif args.model == "vqvae":
         out = train_vqvae(args.region, args.data, args.out, width=args.width, cell=args.cell, codes=args.codes,
                           **common)
     else:

@@ -13,8 +13,17 @@ from typing import Any
 REGIONS = ("brain", "abdom")
 #: The challenge's tasks: one score per volume, or one per voxel.
 TASKS = ("sample", "pixel")
-#: Scoring methods: latent spatial restoration (the product) and the VQ-VAE reconstruction-error baseline.
-METHODS = ("lsr", "reconstruction")
+#: Scoring methods: the self-supervised localiser, latent spatial restoration (the reference method
+#: this package reproduces), the two fused, and the VQ-VAE reconstruction-error baseline.
+METHODS = ("localiser", "lsr", "fusion", "reconstruction")
+#: The localiser's training task families (:mod:`mood.training.tasks`): the anomalies that teach.
+TRAINING_TASKS = ("interpolation", "poisson", "deformation", "intensity")
+#: Each validation kind (:mod:`mood.validation.anomalies`, the anomalies that judge) and the task
+#: families that make anomalies of its kind: a localiser's number on a kind counts only when none
+#: of these trained it. Noise and shuffling are made by no task.
+KIND_TEACHERS = {"blob_bright": ("intensity",), "blob_dark": ("intensity",),
+                 "sink": ("deformation",), "source": ("deformation",),
+                 "foreign": ("interpolation", "poisson"), "noise": (), "shuffle": ()}
 #: Volumes a scoring run holds at once by default: one read ahead, one scored, one written behind.
 DEFAULT_IN_FLIGHT = 3
 
@@ -56,6 +65,24 @@ class PriorConfig:
     attention_downsample: int = 2
     key_size: int = 16
     dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class LocaliserConfig:
+    """The self-supervised localiser: a 2-D U-Net over whole ``image_size`` x ``image_size`` slices.
+
+    ``channels`` lists the widths from the full-resolution level down; each further entry halves
+    the grid, so the bottleneck sees ``image_size / 2**(len-1)`` cells. Its inputs are the
+    normalised slice and a constant plane holding the slice's relative position; its output is one
+    logit per pixel: how likely that pixel was changed by an anomaly.
+    """
+
+    channels: tuple[int, ...] = (16, 32, 64, 128, 128)
+    image_size: int = 160
+
+    @property
+    def levels(self) -> int:
+        return len(self.channels) - 1
 
 
 @dataclass(frozen=True)
@@ -117,6 +144,7 @@ class RegionConfig:
     augment_range: tuple[float, float]
     foreground_threshold: float = 0.05
     n_slices: int = 32
+    localiser: LocaliserConfig = LocaliserConfig()
 
     @property
     def augmentation(self) -> AugmentConfig:
@@ -146,6 +174,8 @@ class RegionConfig:
             augment_range=tuple(d.get("augment_range", preset.augment_range)),
             foreground_threshold=d.get("foreground_threshold", 0.05),
             n_slices=d.get("n_slices", 32),
+            localiser=(LocaliserConfig(**{**d["localiser"], "channels": tuple(d["localiser"]["channels"])})
+                       if "localiser" in d else preset.localiser),
         )
 
 
@@ -240,7 +270,8 @@ def tiny_preset(region: str = "brain", image_size: int = 64) -> RegionConfig:
     prior = PriorConfig(n_codes=16, latent_size=vq.latent_size, channels=16, n_blocks=2,
                         n_res_blocks=1, first_kernel=full.prior.first_kernel,
                         attention_downsample=full.prior.attention_downsample, key_size=8)
-    return replace(full, vqvae=vq, prior=prior, n_slices=8)
+    return replace(full, vqvae=vq, prior=prior, n_slices=8,
+                   localiser=LocaliserConfig(channels=(4, 8, 8), image_size=image_size))
 
 
 def is_tiny(config: RegionConfig) -> bool:
@@ -250,5 +281,5 @@ def is_tiny(config: RegionConfig) -> bool:
     return replace(config.prior, n_codes=tiny.n_codes, latent_size=tiny.latent_size) == tiny
 
 
-__all__ = ["REGIONS", "TASKS", "METHODS", "region_of_shape", "AugmentConfig", "VQVAEConfig", "PriorConfig", "RegionConfig",
+__all__ = ["REGIONS", "TASKS", "METHODS", "region_of_shape", "AugmentConfig", "LocaliserConfig", "TRAINING_TASKS", "KIND_TEACHERS", "VQVAEConfig", "PriorConfig", "RegionConfig",
            "region_preset", "narrow", "relatent", "resize_prior", "tiny_preset", "is_tiny"]

@@ -5,9 +5,11 @@ Layout of a weights directory (one per region)::
     card.json                     format version, architecture, thresholds, score maps, provenance
     vqvae-00001-of-0000N.safetensors
     prior-00001-of-0000N.safetensors
+    localiser-00001-of-0000N.safetensors
 
-The card is the single source of the architecture: :func:`load_models` rebuilds both networks from
-it and refuses files whose tensors do not match, with a message that says what to do.
+The card is the single source of the architecture: the loaders rebuild each network from it and
+refuse files whose tensors do not match, with a message that says what to do. A folder may hold
+LSR's two networks, the localiser, or all three; each method loads only what it needs.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from ..config import RegionConfig
 from .networks import VQVAE, PixelSNAIL
 from .scoring import ScoreMap
+from ..localiser.unet import UNet
 from ..volumes.volume_io import write_json
 
 FORMAT_VERSION = 1
@@ -44,6 +47,9 @@ class Card:
     lambda_p: float | None = None
     sample_map: ScoreMap = field(default_factory=ScoreMap)
     pixel_map: ScoreMap = field(default_factory=ScoreMap)
+    #: The localiser's own maps of its sample statistic and voxel probabilities into [0, 1).
+    localiser_sample_map: ScoreMap = field(default_factory=ScoreMap)
+    localiser_pixel_map: ScoreMap = field(default_factory=ScoreMap)
     #: Free-form provenance: training files and licences, steps, losses, validation metrics.
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -64,6 +70,8 @@ class Card:
                 "lambda_p": self.lambda_p,
                 "sample_map": {"kind": "ratio", "scale": self.sample_map.scale},
                 "pixel_map": {"kind": "ratio", "scale": self.pixel_map.scale},
+                "localiser_sample_map": {"kind": "ratio", "scale": self.localiser_sample_map.scale},
+                "localiser_pixel_map": {"kind": "ratio", "scale": self.localiser_pixel_map.scale},
             },
             "info": self.info,
         }
@@ -81,6 +89,8 @@ class Card:
             lambda_p=cal.get("lambda_p"),
             sample_map=ScoreMap(float(cal.get("sample_map", {}).get("scale", 1.0))),
             pixel_map=ScoreMap(float(cal.get("pixel_map", {}).get("scale", 1.0))),
+            localiser_sample_map=ScoreMap(float(cal.get("localiser_sample_map", {}).get("scale", 1.0))),
+            localiser_pixel_map=ScoreMap(float(cal.get("localiser_pixel_map", {}).get("scale", 1.0))),
             info=d.get("info", {}),
         )
 
@@ -159,22 +169,28 @@ def _check_and_load(model: torch.nn.Module, state: dict[str, torch.Tensor], what
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
 
 
-def save_models(directory: str | Path, card: Card, vqvae: VQVAE, prior: PixelSNAIL | None,
-                dtype: torch.dtype = torch.float32) -> None:
-    """Write the card and both models (prior optional while only the VQ-VAE is trained)."""
+def save_models(directory: str | Path, card: Card, vqvae: VQVAE | None, prior: PixelSNAIL | None,
+                dtype: torch.dtype = torch.float32, localiser: UNet | None = None) -> None:
+    """Write the card and the models given (a folder may hold LSR's two, the localiser, or all)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    _save_sharded(vqvae.state_dict(), directory, "vqvae", dtype)
-    if prior is not None:
-        _save_sharded(prior.state_dict(), directory, "prior", dtype)
+    for stem, model in (("vqvae", vqvae), ("prior", prior), ("localiser", localiser)):
+        if model is not None:
+            _save_sharded(model.state_dict(), directory, stem, dtype)
     write_card(directory, card)
+
+
+def has_model(directory: str | Path, stem: str) -> bool:
+    """Whether ``directory`` holds shards of model ``stem`` ("vqvae", "prior" or "localiser")."""
+    return any(Path(directory).glob(f"{stem}-*-of-*.safetensors"))
 
 
 def _load(directory: str | Path, card: Card | None, stem: str) -> torch.nn.Module:
     directory = Path(directory)
     card = card or read_card(directory)
-    model, what = (VQVAE(card.config.vqvae), "VQ-VAE") if stem == "vqvae" else \
-        (PixelSNAIL(card.config.prior), "prior")
+    model, what = {"vqvae": (VQVAE, "VQ-VAE"), "prior": (PixelSNAIL, "prior"),
+                   "localiser": (UNet, "localiser")}[stem]
+    model = model(getattr(card.config, stem))
     _check_and_load(model, _load_sharded(directory, stem), what, directory)
     return model.eval()
 
@@ -187,6 +203,11 @@ def load_vqvae(directory: str | Path, card: Card | None = None) -> VQVAE:
 def load_prior(directory: str | Path, card: Card | None = None) -> PixelSNAIL:
     """The prior of a weights directory, in eval mode."""
     return _load(directory, card, "prior")
+
+
+def load_localiser(directory: str | Path, card: Card | None = None) -> UNet:
+    """The localiser of a weights directory, in eval mode."""
+    return _load(directory, card, "localiser")
 
 
 def default_weights_dir(region: str) -> Path:

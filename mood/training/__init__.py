@@ -1,5 +1,5 @@
-"""Training: normal volumes -> VQ-VAE weights, then frozen VQ-VAE codes -> PixelSNAIL prior weights;
-then calibration of their scores.
+"""Training: normal volumes -> VQ-VAE weights, then frozen VQ-VAE codes -> PixelSNAIL prior weights
+(LSR); normal volumes with synthetic anomalies -> localiser weights; then calibration of their scores.
 
 One job per module, in the order a run uses them:
 
@@ -9,10 +9,12 @@ One job per module, in the order a run uses them:
 ``batches``         the banks in the training device's memory, batches made there (next one prefetched)
 ``distributed``     DDP from torchrun's environment
 ``codebook``        codebook health: k-means initialisation, EMA updates, code statistics, dead-code re-seeding
+``tasks``           the localiser's teachers: synthetic anomalies drawn into training slices, and their targets
+``average``         the moving average of the localiser's weights, which it evaluates and exports
 ``steps``           each model's training step and holdout evaluation, as plain functions
 ``checkpoints``     the resumable checkpoint (safetensors + JSON) and the loss log
-``loop``            the loop both models share
-``runs``            :func:`train_vqvae`, :func:`train_prior`: a model and its recipe into the loop
+``loop``            the loop every model shares
+``runs``            :func:`train_vqvae`, :func:`train_prior`, :func:`train_localiser`: a model and its recipe into the loop
 ``export``          trained models -> weights folders; :func:`init_weights`, :func:`export_weights`
 ``snapshot``        a run as a small committed snapshot (16-bit, moments if they fit), and back to a run
 ``augment``         training augmentation of normalised slices, random numbers from the CPU, arithmetic on the slices' device
@@ -34,7 +36,7 @@ _HOME = {
     "reseed_dead_codes": "codebook",
     "evaluate_vqvae": "steps", "evaluate_prior": "steps",
     "load_checkpoint": "checkpoints", "save_checkpoint": "checkpoints",
-    "train_vqvae": "runs", "train_prior": "runs",
+    "train_vqvae": "runs", "train_prior": "runs", "train_localiser": "runs",
     "export_weights": "export", "init_weights": "export",
 }
 

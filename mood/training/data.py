@@ -54,14 +54,15 @@ class SliceBank:
 
 
 def volume_to_bank(volume: np.ndarray | torch.Tensor, config: RegionConfig, name: str,
-                   chunk: int = 32) -> SliceBank:
-    """Challenge-form volume (a0, a1, a2) in [0, 1] -> a bank of all its a2 planes."""
+                   chunk: int = 32, size: int | None = None) -> SliceBank:
+    """Challenge-form volume (a0, a1, a2) in [0, 1] -> a bank of all its a2 planes, ``size`` x
+    ``size`` pixels (default: the VQ-VAE's)."""
     vol = torch.as_tensor(np.ascontiguousarray(volume) if isinstance(volume, np.ndarray) else volume)
     vol = vol.float()
     if vol.ndim != 3:
         raise ValueError(f"{name}: expected a 3-D volume, got shape {tuple(vol.shape)}")
     shape = tuple(int(s) for s in vol.shape)
-    size = config.vqvae.image_size
+    size = size or config.vqvae.image_size
     parts = []
     for z0 in range(0, shape[2], chunk):
         grid = SliceGrid(shape, tuple(range(z0, min(z0 + chunk, shape[2]))))
@@ -73,12 +74,12 @@ def volume_to_bank(volume: np.ndarray | torch.Tensor, config: RegionConfig, name
     return SliceBank(name=name, slices=slices, positions=full.positions.contiguous())
 
 
-def _cache_key(path: Path, config: RegionConfig, shape: tuple[int, int, int] | None) -> str:
+def _cache_key(path: Path, config: RegionConfig, shape: tuple[int, int, int] | None, size: int) -> str:
     st = path.stat()
     key = {"v": BANK_VERSION, "name": path.name, "size": st.st_size,
            "mtime": int(st.st_mtime), "region": config.region,
            "norm": config.normalisation, "thr": config.foreground_threshold, "bg": config.background,
-           "image_size": config.vqvae.image_size}
+           "image_size": size}
     if shape is not None:
         key["shape"] = list(shape)
     blob = json.dumps(key, sort_keys=True)
@@ -86,22 +87,24 @@ def _cache_key(path: Path, config: RegionConfig, shape: tuple[int, int, int] | N
 
 
 def load_bank(path: Path, config: RegionConfig, cache_dir: Path | None = None,
-              shape: tuple[int, int, int] | None = None) -> SliceBank:
-    """Bring ``path`` into challenge form (cached in ``cache_dir`` when given) and return its bank.
+              shape: tuple[int, int, int] | None = None, size: int | None = None) -> SliceBank:
+    """Bring ``path`` into challenge form (cached in ``cache_dir`` when given) and return its bank
+    of ``size``-pixel slices (default: the VQ-VAE's).
 
     ``shape`` overrides the region's challenge shape (tests and quick runs only).
     """
     path = Path(path)
+    size = size or config.vqvae.image_size
     cached = None
     if cache_dir is not None:
-        cached = Path(cache_dir) / f"{path.name.split('.')[0]}-{_cache_key(path, config, shape)}.safetensors"
+        cached = Path(cache_dir) / f"{path.name.split('.')[0]}-{_cache_key(path, config, shape, size)}.safetensors"
         if cached.is_file():
             t = load_file(str(cached))
             return SliceBank(name=path.name, slices=t["slices"], positions=t["positions"])
     from ..volumes.convert import ensure_challenge_form  # imported late: conversion pulls in scipy
 
     volume, _ = ensure_challenge_form(path, config.region, shape=shape)
-    bank = volume_to_bank(volume, config, path.name)
+    bank = volume_to_bank(volume, config, path.name, size=size)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)  # processes may race: each its own temporary
         atomic_write(cached, lambda tmp: save_file({"slices": bank.slices, "positions": bank.positions}, str(tmp)))
@@ -143,12 +146,12 @@ def provenance(files: list[Path], root: Path) -> dict[str, str]:
 
 
 def load_banks(data: Path, config: RegionConfig, holdout: list[str] | None,
-               cache_dir: Path | None = None, shape: tuple[int, int, int] | None = None
-               ) -> tuple[list[SliceBank], list[SliceBank]]:
-    """Banks of the training and the holdout volumes in ``data``."""
+               cache_dir: Path | None = None, shape: tuple[int, int, int] | None = None,
+               size: int | None = None) -> tuple[list[SliceBank], list[SliceBank]]:
+    """Banks of the training and the holdout volumes in ``data`` (``size``: as :func:`load_bank`)."""
     train, held = split_files(data, holdout)
-    return ([load_bank(p, config, cache_dir, shape) for p in train],
-            [load_bank(p, config, cache_dir, shape) for p in held])
+    return ([load_bank(p, config, cache_dir, shape, size) for p in train],
+            [load_bank(p, config, cache_dir, shape, size) for p in held])
 
 
 def tissue_planes(bank: SliceBank, background: float, min_fraction: float = 0.01) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 Out: weights folders in the format of :mod:`mood.method.weights` (``card.json`` + safetensors shards).
 
-- :func:`save_trained_vqvae`, :func:`save_trained_prior`: what the loop exports when the holdout
-  improves (the card records the run: data by folder name and checksums, never a machine path);
+- :func:`save_trained_vqvae`, :func:`save_trained_prior`, :func:`save_trained_localiser`: what the
+  loop exports when the holdout improves (the card records the run: data by folder name and
+  checksums, never a machine path);
 - :func:`init_weights`: randomly initialised models in the real format (tests, smoke runs);
 - :func:`export_weights`: a copy of a weights folder stored as another dtype (e.g. float16).
 """
@@ -16,8 +17,9 @@ from typing import Any
 import torch
 
 from ..config import RegionConfig
+from ..localiser.unet import UNet
 from ..method.networks import VQVAE, PixelSNAIL
-from ..method.weights import Card, load_prior, load_vqvae, read_card, save_models
+from ..method.weights import Card, has_model, load_localiser, load_prior, load_vqvae, read_card, save_models
 from .codebook import CODEBOOK_REMEDY
 from .data import provenance
 from .settings import model_config
@@ -72,6 +74,22 @@ def save_trained_prior(info: dict[str, Any], *, out: Path, config: RegionConfig,
     save_models(out, card, vq, model)
 
 
+def save_trained_localiser(info: dict[str, Any], *, out: Path, config: RegionConfig, model: UNet,
+                           init_from: Path | None) -> None:
+    """``out``: the localiser with a card whose ``training.localiser`` is ``info``. A card already in
+    ``out`` (e.g. a folder with LSR's networks) keeps its networks, calibration and record; only
+    the localiser's architecture, weights and record are replaced."""
+    if init_from is not None:
+        info = {**info, "init_from": init_note(init_from, "localiser")}
+    if (Path(out) / "card.json").is_file():
+        card = read_card(out)
+        card.config = replace(card.config, localiser=config.localiser)
+        card.info = {**card.info, "training": {**card.info.get("training", {}), "localiser": info}}
+    else:
+        card = Card(config=config, info={"training": {"localiser": info}})
+    save_models(out, card, None, None, localiser=model)
+
+
 def init_weights(region: str, out: Path, tiny: bool = False, seed: int = 0) -> Path:
     """Write randomly initialised models (real card and shard format) to ``out``; for tests and smoke runs."""
     config = model_config(region, tiny)
@@ -79,20 +97,24 @@ def init_weights(region: str, out: Path, tiny: bool = False, seed: int = 0) -> P
     vq, prior = VQVAE(config.vqvae).eval(), PixelSNAIL(config.prior).eval()
     card = Card(config=config, info={"random_init": True, "seed": seed,
                                      "note": "random weights: for tests and smoke runs only"})
-    save_models(out, card, vq, prior)
+    save_models(out, card, vq, prior, localiser=UNet(config.localiser).eval())
     return Path(out)
 
 
 def export_weights(src: Path, dst: Path, dtype: torch.dtype = torch.float32,
                    info: dict[str, Any] | None = None) -> Path:
-    """Copy a weights directory (card + both models) to ``dst``, stored as ``dtype``; ``info`` is merged
-    into the card's ``info``. Shards stay below the size limit of :mod:`mood.method.weights`."""
+    """Copy a weights directory (card and the models it holds) to ``dst``, stored as ``dtype``;
+    ``info`` is merged into the card's ``info``. Shards stay below the size limit of
+    :mod:`mood.method.weights`."""
     card = read_card(src)
-    vq, prior = load_vqvae(src, card), load_prior(src, card)
+    lsr = has_model(src, "vqvae")
+    vq = load_vqvae(src, card) if lsr else None
+    prior = load_prior(src, card) if has_model(src, "prior") else None
+    localiser = load_localiser(src, card) if has_model(src, "localiser") else None
     card.info = {**card.info, **(info or {}), "storage_dtype": str(dtype).replace("torch.", "")}
-    save_models(dst, card, vq, prior, dtype=dtype)
+    save_models(dst, card, vq, prior, dtype=dtype, localiser=localiser)
     return Path(dst)
 
 
-__all__ = ["checked_card", "export_weights", "init_note", "init_weights", "save_trained_prior",
+__all__ = ["checked_card", "export_weights", "init_note", "init_weights", "save_trained_localiser", "save_trained_prior",
            "save_trained_vqvae", "weights_note"]

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 class Recipe:
     """What one model's training brings to the loop."""
 
-    kind: str  # "vqvae" or "prior": the folder OUT/train/<kind>
+    kind: str  # "vqvae", "prior" or "localiser": the folder OUT/train/<kind>
     config: RegionConfig  # the architecture (checked against a checkpoint on resume)
     model: nn.Module
     #: the holdout metric (lower is better) that decides which checkpoint's weights are exported
@@ -56,6 +56,8 @@ class Recipe:
     #: what the step carries between steps besides model and optimiser (state_dict/load_state_dict),
     #: saved with every checkpoint
     carried: Any = None
+    #: the side of the training slices in pixels (default: the VQ-VAE's)
+    image_size: int | None = None
 
 
 @dataclass
@@ -142,7 +144,7 @@ def run_loop(recipe: Recipe, *, region: str, data: Path, out: Path, settings: Tr
     barrier(d)
     torch.manual_seed(settings.seed + d.rank)
     train_banks, hold_banks = load_banks(data, config, holdout, cache_dir,
-                                         tuple(volume_shape) if volume_shape else None)
+                                         tuple(volume_shape) if volume_shape else None, recipe.image_size)
     aug = replace(config.augmentation, remap=settings.intensity_curve) if settings.augment else None
     planes = [tissue_planes(b, config.background) for b in train_banks] if settings.planes == "tissue" else None
     # the training planes in the device's memory; batches made there (the next while a step runs)

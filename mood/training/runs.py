@@ -1,4 +1,5 @@
-"""The two trainings: a region's data -> VQ-VAE weights, then frozen VQ-VAE codes -> prior weights.
+"""The trainings: a region's data -> VQ-VAE weights, then frozen VQ-VAE codes -> prior weights (LSR);
+a region's data with synthetic anomalies -> localiser weights.
 
 In: a folder of volumes (any grid; converted to challenge form once and cached), a region, and
 :class:`TrainSettings` (given whole, or field by field as keyword overrides of its defaults).
@@ -12,22 +13,25 @@ functions with their arguments bound) and hands it to :func:`mood.training.loop.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import RegionConfig, is_tiny, resize_prior
+from ..config import LocaliserConfig, RegionConfig, is_tiny, resize_prior
+from ..localiser.unet import UNet
 from ..method.networks import VQVAE, PixelSNAIL
-from ..method.weights import Card, load_prior, load_vqvae, read_card
+from ..method.weights import Card, load_localiser, load_prior, load_vqvae, read_card
+from .average import WeightAverage
 from .codebook import CodebookState, init_codebook
 from .data import SliceBank, default_cache
 from .distributed import Dist
-from .export import checked_card, save_trained_prior, save_trained_vqvae
+from .export import checked_card, save_trained_localiser, save_trained_prior, save_trained_vqvae
 from .loop import Recipe, run_loop
 from .settings import TrainSettings, model_config, with_overrides
-from .steps import evaluate_prior, evaluate_vqvae, prior_step, vqvae_step
+from .steps import evaluate_localiser, evaluate_prior, evaluate_vqvae, localiser_step, prior_step, vqvae_step
 
 
 def _start(banks: list[SliceBank], d: Dist, *, model: VQVAE | PixelSNAIL, settings: TrainSettings,
@@ -120,4 +124,54 @@ def train_prior(region: str, data: Path, out: Path, *, vqvae: Path, settings: Tr
                     volume_shape=volume_shape)
 
 
-__all__ = ["train_prior", "train_vqvae"]
+def _start_localiser(banks: list[SliceBank], d: Dist, *, model: UNet, average: WeightAverage,
+                     init_from: Path | None) -> None:
+    """A fresh start: ``init_from``'s localiser if given; the weights' average starts there."""
+    if init_from is not None:
+        card = read_card(init_from)
+        if card.config.localiser != model.config:
+            raise ValueError(f"--init-from {init_from}: its localiser differs from the one being trained")
+        model.load_state_dict(load_localiser(init_from, card).state_dict())
+    average.reset(model)
+
+
+def train_localiser(region: str, data: Path, out: Path, *, settings: TrainSettings | None = None,
+                    holdout: list[str] | None = None, resume: bool = False, tiny: bool = False,
+                    device: str = "auto", threads: int | None = None, cache_dir: Path | None = None,
+                    volume_shape: tuple[int, int, int] | None = None, init_from: Path | None = None,
+                    channels: tuple[int, ...] | None = None, image_size: int | None = None,
+                    **overrides: Any) -> Path:
+    """Train the localiser of ``region`` on the volumes in ``data`` with synthetic anomalies of
+    ``settings.tasks`` drawn into every batch; returns the weights dir ``out``.
+
+    ``out`` receives ``card.json`` + ``localiser-*.safetensors`` (the weights' moving average)
+    whenever the holdout loss improves; a card already there (LSR's networks) is kept and extended.
+    ``channels`` and ``image_size`` replace the region's :class:`mood.config.LocaliserConfig`.
+    Other arguments as for :func:`train_vqvae`.
+    """
+    base = model_config(region, tiny)
+    config = replace(base, localiser=LocaliserConfig(channels=tuple(channels or base.localiser.channels),
+                                                      image_size=image_size or base.localiser.image_size))
+    settings = with_overrides(settings, overrides)
+    if settings.crop:
+        raise ValueError("crop applies to the VQ-VAE; the localiser learns whole slices")
+    if config.localiser.image_size % 2**config.localiser.levels:
+        raise ValueError(f"image size {config.localiser.image_size} is not a multiple of "
+                         f"{2**config.localiser.levels}, the localiser's downsampling")
+    torch.manual_seed(settings.seed)
+    model = UNet(config.localiser)
+    average = WeightAverage(model, settings.average)
+    out = Path(out)
+    recipe = Recipe(
+        kind="localiser", config=config, model=model, select="loss", carried=average,
+        image_size=config.localiser.image_size,
+        init=partial(_start_localiser, model=model, average=average, init_from=init_from),
+        step=partial(localiser_step, settings=settings, config=config, average=average),
+        evaluate=partial(evaluate_localiser, settings=settings, config=config, average=average),
+        export=partial(save_trained_localiser, out=out, config=config, model=average.model, init_from=init_from))
+    return run_loop(recipe, region=region, data=data, out=out, settings=settings, holdout=holdout, resume=resume,
+                    threads=threads, device=device, cache_dir=cache_dir or default_cache(out),
+                    volume_shape=volume_shape)
+
+
+__all__ = ["train_localiser", "train_prior", "train_vqvae"]

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from ..config import RegionConfig, narrow, region_preset, relatent, tiny_preset
+from ..config import TRAINING_TASKS, RegionConfig, narrow, region_preset, relatent, tiny_preset
 
 
 SCHEDULES = ("constant", "cosine")
@@ -68,6 +68,13 @@ class TrainSettings:
     bf16: bool = False
     #: stop (with a checkpoint) after this many seconds of this invocation, whatever ``steps`` says
     time_limit: float | None = None
+    #: (localiser) the synthetic-anomaly task families it learns from (:mod:`mood.training.tasks`)
+    tasks: tuple[str, ...] = TRAINING_TASKS
+    #: (localiser) the change ``d`` (normalised units) at which the target reaches 1 - exp(-1/2)
+    label_sigma: float = 0.1
+    #: (localiser) decay of the weights' exponential moving average, which is what it evaluates and
+    #: exports: a checkpoint's detections swing from one to the next, their average's less
+    average: float = 0.999
 
     def __post_init__(self) -> None:
         for name, allowed in (("schedule", SCHEDULES), ("codebook_update", CODEBOOK_UPDATES),
@@ -78,6 +85,13 @@ class TrainSettings:
             raise ValueError(f"crop must be 0 (whole slices) or a window size in pixels, not {self.crop}")
         if self.intensity_curve < 0:
             raise ValueError(f"intensity_curve must be 0 (off) or positive, not {self.intensity_curve}")
+        unknown = sorted(set(self.tasks) - set(TRAINING_TASKS))
+        if unknown or not self.tasks:
+            raise ValueError(f"tasks must be a non-empty subset of {', '.join(TRAINING_TASKS)}, not {self.tasks}")
+        if self.label_sigma <= 0:
+            raise ValueError(f"label_sigma must be positive, not {self.label_sigma}")
+        if not 0.0 <= self.average < 1.0:
+            raise ValueError(f"average must lie in [0, 1), not {self.average}")
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in (0, 1), not {self.ema_decay}")
 

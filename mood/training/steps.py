@@ -8,10 +8,15 @@ passed in explicitly (the VQ-VAE's :class:`CodebookState`; the prior's frozen VQ
 - :func:`vqvae_step`: L1 reconstruction + commitment (+ codebook) loss, then the codebook's EMA
   update (``codebook_update="ema"``) and codebook health;
 - :func:`prior_step`: cross-entropy of the prior on the frozen VQ-VAE's codes;
-- :func:`evaluate_vqvae`, :func:`evaluate_prior`: the holdout metrics (eval mode, no gradients).
+- :func:`localiser_step`: synthetic anomalies drawn into the batch (:mod:`mood.training.tasks`),
+  binary cross-entropy of the localiser's logits against their change targets, then the weights'
+  moving average (:class:`WeightAverage`);
+- :func:`evaluate_vqvae`, :func:`evaluate_prior`, :func:`evaluate_localiser`: the holdout metrics
+  (eval mode, no gradients).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -19,12 +24,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import RegionConfig
+from ..localiser.unet import UNet
 from ..method.networks import VQVAE, PixelSNAIL, vq_losses
 from ..method.slicing import body_mask, cell_share
 from .codebook import CodebookState, code_stats, ema_update, reseed_dead_codes, restart_ema
 from .data import chunks
 from .distributed import Dist, all_reduce
+from .average import WeightAverage
 from .settings import TrainSettings
+from .tasks import synthesise
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,50 @@ def prior_step(batch: Batch, *, ddp: nn.Module, model: PixelSNAIL, opt: torch.op
     return {"loss": float(loss.detach()), "codes_used": used, "perplexity": ppl}
 
 
+def with_anomalies(x: torch.Tensor, gen: torch.Generator, settings: TrainSettings,
+                   config: RegionConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slices ``x`` (B, S, S) with the training tasks' anomalies, patches from the other slices of
+    the batch (other heads, other planes), and their targets."""
+    return synthesise(x, body_mask(x, config), x.roll(1, 0), gen, settings.tasks, settings.label_sigma)
+
+
+def localiser_step(batch: Batch, *, ddp: nn.Module, model: UNet, opt: torch.optim.Optimizer, d: Dist,
+                   settings: TrainSettings, config: RegionConfig, average: WeightAverage) -> dict[str, float]:
+    """One localiser step: anomalies drawn into the batch, per-pixel BCE against the change
+    target. BCE because the target is a probability-like change score in [0, 1], and the map's
+    values are read as probabilities (thresholds, fusion)."""
+    x, target = with_anomalies(batch.x, batch.gen, settings, config)
+    with _autocast(settings, d):
+        logits = ddp(x, batch.coord)
+    loss = F.binary_cross_entropy_with_logits(logits.float(), target)
+    _optimise(loss, model, opt, settings)
+    average.update(model)
+    return {"loss": float(loss.detach()), "changed": float((target > 0.5).float().mean())}
+
+
+@torch.no_grad()
+def evaluate_localiser(model: UNet, ev: tuple[torch.Tensor, torch.Tensor], d: Dist, settings: TrainSettings,
+                       config: RegionConfig, average: WeightAverage) -> dict[str, float]:
+    """The weights' average on fixed holdout slices with fixed anomalies of the training tasks:
+    BCE (``loss``, the selection metric) and the pixel AP of its probabilities against the pixels
+    that changed by more than ``label_sigma`` (``ap``, pooled over the slices)."""
+    from sklearn.metrics import average_precision_score  # imported late: only evaluation needs it
+
+    net = average.model.to(d.device).eval()
+    gen = torch.Generator().manual_seed(20361)  # the same anomalies at every evaluation
+    loss, n, probs, labels = 0.0, 0, [], []
+    for x, coord in chunks(*ev, settings.batch_size):
+        x, coord = x.to(d.device), coord.to(d.device)
+        xa, target = with_anomalies(x, gen, settings, config)
+        logits = net(xa, coord).float()
+        loss += float(F.binary_cross_entropy_with_logits(logits, target, reduction="sum"))
+        n += target.numel()
+        probs.append(torch.sigmoid(logits).flatten().cpu())
+        labels.append((target > 1 - math.exp(-0.5)).flatten().cpu())
+    y, p = torch.cat(labels).numpy(), torch.cat(probs).numpy()
+    return {"loss": loss / max(n, 1), "ap": float(average_precision_score(y, p)) if y.any() else float("nan")}
+
+
 @torch.no_grad()
 def evaluate_vqvae(model: VQVAE, ev: tuple[torch.Tensor, torch.Tensor], d: Dist,
                    settings: TrainSettings, background: float) -> dict[str, float]:
@@ -152,4 +204,5 @@ def evaluate_prior(model: PixelSNAIL, ev: tuple[torch.Tensor, torch.Tensor], d: 
     return {"nll": nll / max(n, 1), "nll_body": body_nll / max(n_body, 1)}
 
 
-__all__ = ["Batch", "codes_of", "evaluate_prior", "evaluate_vqvae", "prior_step", "vqvae_step"]
+__all__ = ["Batch", "codes_of", "evaluate_localiser", "evaluate_prior", "evaluate_vqvae", "localiser_step",
+           "prior_step", "vqvae_step", "with_anomalies"]
