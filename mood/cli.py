@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_IN_FLIGHT, METHODS, REGIONS, TRAINING_TASKS
+from .config import DEFAULT_IN_FLIGHT, DEFAULT_METHOD, METHODS, REGIONS, TRAINING_TASKS
 
 EPILOG = """\
 examples:
@@ -100,10 +101,13 @@ def _scoring_arguments(p: argparse.ArgumentParser, pixel: bool) -> None:
     p.add_argument("--restorations", type=_positive_int, default=15,
                    help="restorations per slice; more lowers variance, costs time (default: 15)"
                    if pixel else "ignored (accepted so that one argument list serves both tasks)")
-    p.add_argument("--method", choices=METHODS, default="lsr",
-                   help="lsr: latent spatial restoration (the product); reconstruction: the plain "
-                        "VQ-VAE baseline, |x - decode(encode(x))| per voxel and its mean per volume, "
-                        "to measure what the prior adds (default: lsr)")
+    p.add_argument("--method", choices=METHODS, default=os.environ.get("MOOD_METHOD") or DEFAULT_METHOD,
+                   help="localiser: a U-Net trained to segment synthetic anomalies, every plane scored; "
+                        "lsr: latent spatial restoration (VQ-VAE and PixelSNAIL prior, the reference method); "
+                        "fusion: the mean of the two; reconstruction: the plain VQ-VAE baseline, "
+                        "|x - decode(encode(x))| per voxel and its mean per volume, to measure what the "
+                        f"prior adds. Default: $MOOD_METHOD if set (the container's way, since the "
+                        f"challenge's call passes no flags), else {DEFAULT_METHOD}")
     p.add_argument("--skip-existing", action="store_true",
                    help="leave inputs whose output already exists (resume a large batch)")
     scale = p.add_argument_group(
@@ -255,8 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the score maps from normal holdout volumes; writes them into the card.")
     p.add_argument("--data", required=True, type=Path, help="folder of normal holdout volumes")
     p.add_argument("--weights", required=True, type=Path)
-    p.add_argument("--slices", type=_positive_int, default=8, help="slices for the (slow) pixel part")
-    p.add_argument("--restorations", type=_positive_int, default=3)
+    p.add_argument("--slices", type=_positive_int, default=8, help="(lsr) slices for the (slow) pixel part")
+    p.add_argument("--restorations", type=_positive_int, default=3, help="(lsr) restorations for the pixel part")
+    p.add_argument("--networks", choices=("all", "localiser", "lsr"), default="all",
+                   help="calibrate the localiser, LSR, or every method the weights hold (default: all)")
 
     p = sub.add_parser("init-weights", help="write randomly initialised models (tests, smoke runs)",
                        parents=[REGION, SEED])
@@ -326,6 +332,8 @@ def split_extra(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Usage errors that argparse cannot see alone (combinations): exit 2 with argparse's message."""
+    if getattr(args, "method", None) is not None and args.method not in METHODS:
+        parser.error(f"MOOD_METHOD={args.method!r} is not a method; choose one of {', '.join(METHODS)}")
     if args.command == "train" and args.model != "localiser" and (
             args.tasks != TRAINING_TASKS or args.channels or args.image_size):
         parser.error("--tasks, --channels and --image-size apply to the localiser")
@@ -436,9 +444,14 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     from .training.calibrate import calibrate
 
     card = calibrate(args.region, args.data, args.weights, device=args.device, n_slices=args.slices,
-                     restorations=args.restorations, seed=args.seed)
-    print(f"lambda_s={card.lambda_s:.4g} lambda_p={card.lambda_p:.4g} sample scale="
-          f"{card.sample_map.scale:.4g} pixel scale={card.pixel_map.scale:.4g} -> {args.weights}")
+                     restorations=args.restorations, seed=args.seed,
+                     parts=("localiser", "lsr") if args.networks == "all" else (args.networks,))
+    done = card.info["calibration"]
+    if "localiser" in done:
+        print(f"localiser: sample scale={card.localiser_sample_map.scale:.4g} -> {args.weights}")
+    if "lsr" in done:
+        print(f"lsr: lambda_s={card.lambda_s:.4g} lambda_p={card.lambda_p:.4g} sample scale="
+              f"{card.sample_map.scale:.4g} pixel scale={card.pixel_map.scale:.4g} -> {args.weights}")
     return 0
 
 

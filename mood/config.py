@@ -16,6 +16,9 @@ TASKS = ("sample", "pixel")
 #: Scoring methods: the self-supervised localiser, latent spatial restoration (the reference method
 #: this package reproduces), the two fused, and the VQ-VAE reconstruction-error baseline.
 METHODS = ("localiser", "lsr", "fusion", "reconstruction")
+#: The method that measures best on held-out heads and kinds no training task makes (the README's
+#: table); the command line's default, which the environment variable MOOD_METHOD overrides.
+DEFAULT_METHOD = "localiser"
 #: The localiser's training task families (:mod:`mood.training.tasks`): the anomalies that teach.
 TRAINING_TASKS = ("interpolation", "poisson", "deformation", "intensity")
 #: Each validation kind (:mod:`mood.validation.anomalies`, the anomalies that judge) and the task
@@ -281,5 +284,5 @@ def is_tiny(config: RegionConfig) -> bool:
     return replace(config.prior, n_codes=tiny.n_codes, latent_size=tiny.latent_size) == tiny
 
 
-__all__ = ["REGIONS", "TASKS", "METHODS", "region_of_shape", "AugmentConfig", "LocaliserConfig", "TRAINING_TASKS", "KIND_TEACHERS", "VQVAEConfig", "PriorConfig", "RegionConfig",
+__all__ = ["REGIONS", "TASKS", "METHODS", "DEFAULT_METHOD", "region_of_shape", "AugmentConfig", "LocaliserConfig", "TRAINING_TASKS", "KIND_TEACHERS", "VQVAEConfig", "PriorConfig", "RegionConfig",
            "region_preset", "narrow", "relatent", "resize_prior", "tiny_preset", "is_tiny"]

@@ -11,6 +11,8 @@ with ``mood train ... --resume`` (see docs/weights/campaign.md, "Resuming the ca
         --out campaign/brain
     python scripts/campaign_snapshot.py restore campaign/brain --kind vqvae --out runs/brain/vq
     python scripts/campaign_snapshot.py restore campaign/brain --kind prior --out runs/brain/prior
+    python scripts/campaign_snapshot.py save --localiser-run runs/brain/loc_all --out campaign/brain_localiser/all
+    python scripts/campaign_snapshot.py restore campaign/brain_localiser/all --kind localiser --out runs/brain/loc_all
 """
 from __future__ import annotations
 
@@ -27,16 +29,17 @@ from mood.training.snapshot import restore_snapshot, save_snapshot  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="action", required=True)
-    s = sub.add_parser("save", help="snapshot a VQ-VAE run and/or a prior run")
+    s = sub.add_parser("save", help="snapshot a VQ-VAE run and/or a prior run, or a localiser run")
     s.add_argument("--vqvae-run", type=Path, help="the VQ-VAE's `mood train --out` folder")
     s.add_argument("--prior-run", type=Path, help="the prior's `mood train --out` folder")
+    s.add_argument("--localiser-run", type=Path, help="the localiser's `mood train --out` folder")
     s.add_argument("--prior-vqvae", type=Path,
                    help="the frozen VQ-VAE the prior learns (its --vqvae; default: the prior's folder)")
     s.add_argument("--out", type=Path, required=True, help="the snapshot folder (replaced)")
     s.add_argument("--budget-mb", type=float, default=15.0, help="the snapshot's size limit (default: 15)")
     r = sub.add_parser("restore", help="write a snapshot back as a run folder for `mood train --resume`")
     r.add_argument("snapshot", type=Path)
-    r.add_argument("--kind", choices=("vqvae", "prior"), required=True)
+    r.add_argument("--kind", choices=("vqvae", "prior", "localiser"), required=True)
     r.add_argument("--out", type=Path, required=True, help="the run folder to create (`mood train --out`)")
     args = p.parse_args(argv)
     try:
@@ -46,9 +49,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"into {args.out}; continue with `mood train {args.kind} --out {args.out} --resume ...`"
                   + (f" --vqvae {args.out / 'frozen-vqvae'}" if args.kind == "prior" else ""))
             return 0
-        runs = {k: v for k, v in (("vqvae", args.vqvae_run), ("prior", args.prior_run)) if v is not None}
+        runs = {k: v for k, v in (("vqvae", args.vqvae_run), ("prior", args.prior_run),
+                                  ("localiser", args.localiser_run)) if v is not None}
         if not runs:
-            p.error("save needs --vqvae-run and/or --prior-run")
+            p.error("save needs --vqvae-run and/or --prior-run, or --localiser-run")
         summary = save_snapshot(runs, args.out, budget_mb=args.budget_mb, prior_vqvae=args.prior_vqvae)
         total = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
         print(json.dumps({**summary, "total_bytes": total}, indent=1))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One lent GPU, one call (docs/gpu.md): train the brain VQ-VAE and then its prior for fixed budgets,
-# calibrate on the holdout (niivue_otsu), validate on held-out volumes (issue 12: 12 toy cases made
-# from eval_only's rorden_t1 and icbm2009asym, LSR and the reconstruction baseline) next to the
+# One lent GPU, one call (docs/gpu.md): train the brain VQ-VAE, its prior and the localiser for fixed
+# budgets, calibrate on the holdout (niivue_otsu), validate on held-out volumes (issue 12: 12 toy cases
+# made from eval_only's rorden_t1 and icbm2009asym; the localiser, LSR and the reconstruction baseline) next to the
 # shipped card's numbers, and run benchmarks/gpu_check.py when time is left. Everything it reads
 # travels in the payload of scripts/device_payload.sh (.device/: volumes and the nibabel wheel).
 #
@@ -13,7 +13,7 @@
 # $OUT receives at most 8 files (the device tool returns no more): brain/ (fp16 card.json and
 # safetensors shards, each <= 16 MiB), run.log (this whole output), validation.json,
 # brain_heldout_lsr.png, logs.tar.gz (loss logs, the baseline's picture, gpu_check's table).
-# Budgets in seconds: VQ_SECONDS (180) and PRIOR_SECONDS (150) of training steps (volumes,
+# Budgets in seconds: VQ_SECONDS (120), PRIOR_SECONDS (100) and LOC_SECONDS (150) of training steps (volumes,
 # checkpoints, calibration and export take about a minute more), then DEADLINE (550, counted from
 # the start) cuts the validation, and gpu_check starts only with GPU_CHECK_SECONDS (150) left before
 # it; the weights are in $OUT as soon as they are exported. WORK (default /tmp/mood-device) holds
@@ -42,10 +42,10 @@ WORK="${WORK:-/tmp/mood-device}"
 DEADLINE="${DEADLINE:-550}"
 GPU_CHECK_SECONDS="${GPU_CHECK_SECONDS:-150}"
 if [ "$TINY" = 1 ]; then  # the held-out set: as the shipped card's, or tiny
-  export VQ_SECONDS="${VQ_SECONDS:-6}" PRIOR_SECONDS="${PRIOR_SECONDS:-6}"
+  export VQ_SECONDS="${VQ_SECONDS:-6}" PRIOR_SECONDS="${PRIOR_SECONDS:-6}" LOC_SECONDS="${LOC_SECONDS:-6}"
   COUNT=4 RESTORATIONS=2 SIZE="64 64 64"
 else
-  export VQ_SECONDS="${VQ_SECONDS:-180}" PRIOR_SECONDS="${PRIOR_SECONDS:-150}"
+  export VQ_SECONDS="${VQ_SECONDS:-120}" PRIOR_SECONDS="${PRIOR_SECONDS:-100}" LOC_SECONDS="${LOC_SECONDS:-150}"
   COUNT=12 RESTORATIONS=15 SIZE=""
 fi
 mkdir -p "$OUT" "$WORK"
@@ -64,7 +64,7 @@ pack() {
   [ -f "$WORK/validation/brain_validation.json" ] && cp "$WORK/validation/brain_validation.json" "$OUT/validation.json"
   [ -f "$WORK/pictures/brain_heldout_lsr.png" ] && cp "$WORK/pictures/brain_heldout_lsr.png" "$OUT/"
   mkdir -p "$WORK/logs"
-  for kind in vqvae prior; do
+  for kind in vqvae prior localiser; do
     [ -f "$WORK/train/w/train/$kind/log.jsonl" ] && cp "$WORK/train/w/train/$kind/log.jsonl" "$WORK/logs/$kind.jsonl"
   done
   [ -f "$WORK/pictures/brain_heldout_reconstruction.png" ] && cp "$WORK/pictures/brain_heldout_reconstruction.png" "$WORK/logs/"
@@ -87,7 +87,7 @@ check_out() {
   fi
 }
 
-say "device $DEVICE, tiny $TINY, budgets: VQ-VAE $VQ_SECONDS s, prior $PRIOR_SECONDS s, deadline $DEADLINE s"
+say "device $DEVICE, tiny $TINY, budgets: VQ-VAE $VQ_SECONDS s, prior $PRIOR_SECONDS s, localiser $LOC_SECONDS s, deadline $DEADLINE s"
 for f in $(needs); do
   [ -e "$f" ] || { echo "device_run: $f is missing: build the payload with scripts/device_payload.sh" >&2; exit 2; }
 done
@@ -121,9 +121,10 @@ pack
 say "trained, calibrated and exported; $(left) s left before the deadline"
 
 wait "$TOY_PID" || { cat "$WORK/toy.log"; echo "device_run: making the held-out toy set failed" >&2; exit 1; }
-say "validating on held-out volumes (both methods)"
+say "validating on held-out volumes (the localiser, LSR and the baseline)"
 timeout "$(($(left) > 10 ? $(left) : 10))" "$PY" scripts/validate_weights.py --region brain \
   --weights "$WORK/export/brain-fp16" --sources $SOURCES --count "$COUNT" --restorations "$RESTORATIONS" \
+  --methods localiser lsr reconstruction \
   ${SIZE:+--size $SIZE} --work "$WORK/validation" \
   --card --picture-dir "$WORK/pictures" || { status=$?; say "validation did not finish (status $status)"; }
 pack

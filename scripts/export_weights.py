@@ -15,6 +15,13 @@ The training record of both models (``info.training``) comes with the source car
 
     python scripts/export_weights.py --src runs/brain/full --dst weights/brain \\
         --data ../shared/data/brain --info runs/brain_info.json
+
+With ``--localiser``, ``--src`` is a ``mood train localiser`` output folder instead, and its localiser
+is added to the existing weights folder ``--dst`` (float16), whose LSR networks and card stay; the
+localiser's data provenance goes under ``info.data_localiser``. Calibrate it next:
+
+    python scripts/export_weights.py --localiser --src runs/brain/loc_all --dst weights/brain --data DATA/brain
+    mood calibrate --region brain --data HOLDOUT --weights weights/brain --networks localiser
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ import torch  # noqa: E402
 
 from mood.config import is_tiny  # noqa: E402
 from mood.training import export_weights  # noqa: E402
+from mood.training.export import add_localiser  # noqa: E402
 from mood.training.data import provenance  # noqa: E402
 from mood.method.weights import read_card  # noqa: E402
 
@@ -50,7 +58,15 @@ def main() -> None:
     ap.add_argument("--dst", type=Path, required=True, help="folder to write, e.g. weights/brain")
     ap.add_argument("--data", type=Path, required=True, help="the folder of volumes they were trained on")
     ap.add_argument("--info", type=Path, default=None, help="JSON object merged into the card's info")
+    ap.add_argument("--localiser", action="store_true",
+                    help="add --src's localiser to the existing weights folder --dst")
     args = ap.parse_args()
+    if args.localiser:
+        record = read_card(args.src).info["training"]["localiser"]
+        data_info = data_record(args.data, record["train_files"], record["holdout_files"])
+        add_localiser(args.src, args.dst, torch.float16, {"data_localiser": data_info})
+        print(f"added the localiser of {args.src} to {args.dst} (float16)")
+        return
 
     card = read_card(args.src)
     training = card.info["training"]
@@ -63,23 +79,22 @@ def main() -> None:
     vq = training["vqvae"]
     # the prior may have learnt from more volumes than its frozen VQ-VAE (heads added later)
     trained_on = list(dict.fromkeys(vq["train_files"] + training.get("prior", {}).get("train_files", [])))
-    files = trained_on + [f for f in vq["holdout_files"] if f not in trained_on]
-    known = licences(args.data)
-    missing = [f for f in files if f not in known]
-    if missing:
-        raise SystemExit(f"no licence for {missing} in {args.data.parent / 'README.md'}")
-    digests = provenance([args.data / f for f in files], args.data)
     extra = json.loads(args.info.read_text()) if args.info else {}
     export_weights(args.src, args.dst, dtype=torch.float16, info={
-        "training": training,
-        "data": {"folder": args.data.resolve().name,
-                 "trained_on": trained_on,
-                 "holdout_for_loss_and_calibration": vq["holdout_files"],
-                 "sha256": digests,
-                 "licences": {f: known[f] for f in files},
-                 "source": "public volumes gathered for this project (../shared/data, see its README)"},
-        **extra})
-    print(f"exported {args.src} -> {args.dst} (float16, {len(files)} files recorded)")
+        "training": training, "data": data_record(args.data, trained_on, vq["holdout_files"]), **extra})
+    print(f"exported {args.src} -> {args.dst} (float16, {len(trained_on) + len(vq['holdout_files'])} files recorded)")
+
+
+def data_record(data: Path, trained_on: list[str], holdout: list[str]) -> dict:
+    """What trained a model: files by name with sha256 and licence (refused without a licence)."""
+    files = trained_on + [f for f in holdout if f not in trained_on]
+    known = licences(data)
+    missing = [f for f in files if f not in known]
+    if missing:
+        raise SystemExit(f"no licence for {missing} in {data.parent / 'README.md'}")
+    return {"folder": data.resolve().name, "trained_on": trained_on, "holdout_for_loss_and_calibration": holdout,
+            "sha256": provenance([data / f for f in files], data), "licences": {f: known[f] for f in files},
+            "source": "public volumes gathered for this project (../shared/data, see its README)"}
 
 
 if __name__ == "__main__":

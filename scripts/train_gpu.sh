@@ -1,6 +1,6 @@
 #!/bin/sh
-# Train one region's VQ-VAE and PixelSNAIL prior on one lent GPU in about 10 minutes, calibrate them
-# on the holdout volume, and write the weights (card.json + safetensors shards, each <= 16 MiB)
+# Train one region's VQ-VAE, PixelSNAIL prior and localiser on one lent GPU in about 10 minutes,
+# calibrate them on the holdout volume, and write the weights (card.json + safetensors shards, each <= 16 MiB)
 # to $OUT/<region>/ (fp32) and $OUT/<region>-fp16/.
 #
 #   OUT=/path scripts/train_gpu.sh brain|abdom [DATA_DIR]
@@ -10,7 +10,8 @@
 # installed (PYTHON=..., default python3). Checkpoints, caches and logs stay in $WORK (default
 # /tmp/mood-train-<region>), outside $OUT, because optimiser checkpoints exceed 16 MiB; the loss
 # logs are copied to $OUT/<region>-logs/. Budget (seconds of training, each model): $VQ_SECONDS
-# (default 240) and $PRIOR_SECONDS (default 210); conversion and calibration take the rest.
+# (default 240), $PRIOR_SECONDS (default 210) and $LOC_SECONDS (default 180); conversion and
+# calibration take the rest.
 # Forward passes run under bfloat16 autocast (BF16=1, the default; BF16=0: float32). Each model's
 # line "<model>: N steps of B slices ..." says how far it got and how fast.
 set -eu
@@ -21,6 +22,7 @@ PY="${PYTHON:-python3}"
 WORK="${WORK:-/tmp/mood-train-$REGION}"
 VQ_SECONDS="${VQ_SECONDS:-240}"
 PRIOR_SECONDS="${PRIOR_SECONDS:-210}"
+LOC_SECONDS="${LOC_SECONDS:-180}"
 BATCH="${BATCH:-64}"
 DEVICE="${DEVICE:-cuda}"  # DEVICE=cpu TINY=1 VQ_SECONDS=5 PRIOR_SECONDS=5: a smoke test of this script
 TINY="${TINY:-0}"
@@ -50,12 +52,14 @@ fi
 export MOOD_CACHE="$WORK/cache" PYTHONUNBUFFERED=1
 
 # 1. VQ-VAE (codebook: k-means init + dead-code re-seeding + commitment 0.25), then 2. prior on its
-# frozen codes; both resumable (re-running this script continues from $WORK).
-"$PY" - "$REGION" "$DATA" "$WORK" "$HOLDOUT" "$BATCH" "$VQ_SECONDS" "$PRIOR_SECONDS" "$DEVICE" "$TINY" "$BF16" <<'PYEOF'
+# frozen codes, then 3. the localiser (its export keeps the card that holds the other two); all
+# resumable (re-running this script continues from $WORK).
+"$PY" - "$REGION" "$DATA" "$WORK" "$HOLDOUT" "$BATCH" "$VQ_SECONDS" "$PRIOR_SECONDS" "$DEVICE" "$TINY" "$BF16" \
+  "$LOC_SECONDS" <<'PYEOF'
 import json, sys, time
 from pathlib import Path
-from mood.training import train_vqvae, train_prior
-region, data, work, holdout, batch, vq_s, prior_s, device, tiny, bf16 = sys.argv[1:]
+from mood.training import train_localiser, train_vqvae, train_prior
+region, data, work, holdout, batch, vq_s, prior_s, device, tiny, bf16, loc_s = sys.argv[1:]
 tiny = tiny == "1"
 common = dict(batch_size=int(batch), lr=3e-4, holdout=[holdout], resume=True, device=device,
               seed=0, ckpt_every=500, log_every=25, threads=8, tiny=tiny, bf16=bf16 == "1",
@@ -75,9 +79,14 @@ report("vqvae", time.time() - t)
 t = time.time()
 train_prior(region, Path(data), w, vqvae=w, steps=100_000, time_limit=float(prior_s), **common)
 report("prior", time.time() - t)
+t = time.time()
+# the CPU campaign's recipe (docs/weights/campaign.md, issue 36): lr 1e-3 after a warm-up, tissue planes
+train_localiser(region, Path(data), w, steps=100_000, time_limit=float(loc_s),
+                **{**common, "lr": 1e-3, "warmup": 200, "planes": "tissue"})
+report("localiser", time.time() - t)
 PYEOF
 
-# 3. calibration on the holdout volume, then export fp32 and fp16 copies (shards <= 16 MiB).
+# 4. calibration on the holdout volume, then export fp32 and fp16 copies (shards <= 16 MiB).
 "$PY" - "$REGION" "$WORK" "$OUT" "$DEVICE" "$TINY" <<'PYEOF'
 import json, sys
 from pathlib import Path
@@ -93,6 +102,6 @@ export_weights(Path(work) / "w", Path(out) / f"{region}-fp16", dtype=torch.float
 PYEOF
 
 mkdir -p "$OUT/$REGION-logs"
-for kind in vqvae prior; do cp "$WORK/w/train/$kind/log.jsonl" "$OUT/$REGION-logs/$kind.jsonl"; done
+for kind in vqvae prior localiser; do cp "$WORK/w/train/$kind/log.jsonl" "$OUT/$REGION-logs/$kind.jsonl"; done
 find "$OUT" -type f -size +16M -print | sed 's/^/file over 16 MiB: /' >&2
 ls -la "$OUT/$REGION" "$OUT/$REGION-fp16"

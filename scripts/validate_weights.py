@@ -2,9 +2,11 @@
 """Measure a region's weights on held-out volumes, next to the reconstruction-error baseline.
 
 Builds a toy set with ``mood make-toy`` from normal volumes that did not train the weights, scores
-it twice through the package's command line, exactly as the challenge's metric reads outputs:
+it with each method through the package's command line, exactly as the challenge's metric reads
+outputs (per kind with the localiser's leave-task-out rule: ``scripts/validate_localiser.py``):
 
-* ``lsr``: the product (``python -m mood sample|pixel``);
+* ``localiser``: the self-supervised U-Net, when the weights hold one;
+* ``lsr``: latent spatial restoration (``--method lsr``);
 * ``reconstruction``: the plain VQ-VAE baseline of the same weights (``--method reconstruction``:
   ``|x - decode(encode(x))|`` per voxel, its mean per volume),
 
@@ -60,13 +62,13 @@ METRICS = ("ap", "auroc", "best_dice")
 
 
 def toy_set(region: str, sources: list[Path], work: Path, count: int, seed: int,
-            size: tuple[int, int, int] | None = None) -> Path:
+            size: tuple[int, int, int] | None = None, normal_fraction: float = 0.25) -> Path:
     """``work/toy/<region>`` made from ``sources`` (symlinked into one folder), reused if identical."""
     data = work / "toy"
     region_dir = data / region
     manifest = region_dir / MANIFEST
     wanted = {"inputs": sorted(p.name for p in sources), "count": count, "seed": seed,
-              "shape": list(size or region_preset(region).challenge_shape)}
+              "shape": list(size or region_preset(region).challenge_shape), "normal_fraction": normal_fraction}
     if manifest.is_file():
         have = json.loads(manifest.read_text())
         if {**{k: have.get(k) for k in wanted}, "inputs": sorted(have["inputs"])} == wanted:
@@ -78,7 +80,7 @@ def toy_set(region: str, sources: list[Path], work: Path, count: int, seed: int,
     src.mkdir(parents=True)
     for p in sources:
         (src / p.name).symlink_to(p.resolve())
-    make_toy(src, region_dir, count=count, seed=seed, region=region, size=size)
+    make_toy(src, region_dir, count=count, seed=seed, region=region, size=size, normal_fraction=normal_fraction)
     return data
 
 
@@ -180,7 +182,8 @@ def main() -> int:
     ap.add_argument("--size", type=int, nargs=3, default=None, metavar=("A0", "A1", "A2"),
                     help="toy volumes of this shape instead of the region's challenge shape (quick runs)")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=None,
+                    help="default: every method the weights hold but fusion (which repeats LSR's slow pixel part)")
     ap.add_argument("--work", type=Path, default=Path("runs/validation"))
     ap.add_argument("--card", action="store_true", help="write the numbers into the weights card")
     ap.add_argument("--picture-dir", type=Path, default=None,
@@ -191,8 +194,10 @@ def main() -> int:
     args = ap.parse_args()
 
     card = read_card(args.weights)
-    trained_on = set(card.info.get("training", {}).get("vqvae", {}).get("train_files", []))
-    trained_on |= set(card.info.get("training", {}).get("prior", {}).get("train_files", []))
+    if args.methods is None:
+        args.methods = [m for m in Detector.load(args.region, args.weights, device="cpu").methods() if m != "fusion"]
+    trained_on = {f for model in ("vqvae", "prior", "localiser")
+                  for f in card.info.get("training", {}).get(model, {}).get("train_files", [])}
     leaked = sorted(p.name for p in args.sources if p.name in trained_on)
     if leaked:
         ap.error(f"these sources trained the weights: {', '.join(leaked)}")

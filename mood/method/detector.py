@@ -1,9 +1,17 @@
 """The detector: a volume in [0, 1] -> a sample score or a voxel score map, for one region.
 
-Pipeline (one way): volume -> slices (slicing) -> codes (VQ-VAE) -> NLL / restorations (prior)
--> scores (scoring) -> volume grid (slicing) -> calibrated [0, 1) (scoring.ScoreMap).
-:meth:`Detector.score` is the one entry point for a task and a method (LSR or the reconstruction
-baseline); calibration uses the raw stages :meth:`Detector.nll` and :meth:`Detector.pixel_raw`.
+Pipelines (one way each):
+
+- localiser: volume -> every plane (slicing) -> per-pixel probabilities (U-Net) -> volume grid
+  (slicing) -> calibrated [0, 1); the sample score is a statistic of the probabilities;
+- LSR: volume -> scored slices (slicing) -> codes (VQ-VAE) -> NLL / restorations (prior) -> scores
+  (scoring) -> volume grid (slicing) -> calibrated [0, 1) (scoring.ScoreMap);
+- fusion: the mean of the two calibrated outputs.
+
+:meth:`Detector.score` is the one entry point for a task and a method (:data:`mood.config.METHODS`);
+calibration uses the raw stages (:meth:`Detector.nll`, :meth:`Detector.pixel_raw`,
+:meth:`Detector.localiser_raw`). A weights folder may hold LSR's networks, the localiser or all
+three; a method whose networks are missing says so.
 """
 from __future__ import annotations
 
@@ -15,11 +23,13 @@ import torch
 
 from . import scoring
 from ..config import METHODS, TASKS
+from ..localiser import UNet, probabilities, sample_statistic
 from .device import resolve_device
 from .networks import VQVAE, PixelSNAIL, code_nll
 from .restoration import draw_uniforms, restore, unique_states
 from .slicing import SliceGrid, extract_slices, normalise, slice_grid, slices_to_volume
-from .weights import Card, WeightsError, default_weights_dir, load_prior, load_vqvae, read_card
+from .weights import (Card, WeightsError, default_weights_dir, has_model, load_localiser, load_prior, load_vqvae,
+                      read_card)
 
 DEFAULT_RESTORATIONS = 15
 
@@ -46,21 +56,31 @@ def resolve_weights(region: str, weights: str | Path | None = None) -> Path:
                        f"card.json (or its parent with one folder per region)")
 
 
-class Detector:
-    """Scores volumes of one region with a VQ-VAE and a PixelSNAIL prior (both in eval mode)."""
+#: The networks each method needs.
+NEEDS = {"localiser": ("localiser",), "lsr": ("vqvae", "prior"), "reconstruction": ("vqvae",),
+         "fusion": ("localiser", "vqvae", "prior")}
 
-    def __init__(self, vqvae: VQVAE, prior: PixelSNAIL, card: Card,
-                 device: torch.device | str = "cpu") -> None:
+
+class Detector:
+    """Scores volumes of one region with the networks its weights folder holds (eval mode): LSR's
+    VQ-VAE and PixelSNAIL prior, the localiser's U-Net, or all three."""
+
+    def __init__(self, card: Card, device: torch.device | str = "cpu", *, vqvae: VQVAE | None = None,
+                 prior: PixelSNAIL | None = None, localiser: UNet | None = None, source: str = "") -> None:
         self.device = torch.device(device)
-        self.vqvae = vqvae.to(self.device).eval()
-        # channels-last convolutions: the same codes, the encoder about 25 % faster on CPU
-        self.vqvae.to(memory_format=torch.channels_last)
-        self.prior = prior.to(self.device).eval()
         self.card = card
         self.config = card.config
+        self.source = source  # where the weights came from, for messages
+        self.vqvae = None if vqvae is None else vqvae.to(self.device).eval()
+        if self.vqvae is not None:
+            # channels-last convolutions: the same codes, the encoder about 25 % faster on CPU
+            self.vqvae.to(memory_format=torch.channels_last)
+        self.prior = None if prior is None else prior.to(self.device).eval()
+        self.localiser = None if localiser is None else localiser.to(self.device).eval()
 
     @classmethod
     def load(cls, region: str, weights: str | Path | None = None, device: str = "auto") -> "Detector":
+        """Every network the weights folder of ``region`` holds (refused if it holds none)."""
         directory = resolve_weights(region, weights)
         if not (directory / "card.json").is_file():
             raise WeightsError(f"no weights installed for region {region!r} (looked in {directory}). "
@@ -69,23 +89,51 @@ class Detector:
         if card.config.region != region:
             raise WeightsError(f"weights in {directory} are for region {card.config.region!r}, "
                                f"not {region!r}")
-        return cls(load_vqvae(directory, card), load_prior(directory, card), card,
-                   resolve_device(device))
+        loaders = {"vqvae": load_vqvae, "prior": load_prior, "localiser": load_localiser}
+        models = {name: load(directory, card) for name, load in loaders.items() if has_model(directory, name)}
+        if not models:
+            raise WeightsError(f"{directory} holds a card but no network (vqvae-*, prior-*, localiser-* "
+                               f".safetensors); copy the whole weights folder")
+        return cls(card, resolve_device(device), source=str(directory), **models)
 
     def with_card(self, card: Card) -> "Detector":
         """The same models with another card of the same architecture (new thresholds or maps)."""
         if card.config != self.config:
             raise ValueError("the card describes another architecture than this detector's models")
-        return Detector(self.vqvae, self.prior, card, self.device)
+        return Detector(card, self.device, vqvae=self.vqvae, prior=self.prior, localiser=self.localiser,
+                        source=self.source)
+
+    def methods(self) -> tuple[str, ...]:
+        """The methods this detector's networks can score with."""
+        return tuple(m for m in METHODS if all(getattr(self, n) is not None for n in NEEDS[m]))
+
+    def require(self, method: str) -> None:
+        """Raise :class:`WeightsError` unless the networks of ``method`` are loaded."""
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+        missing = [n for n in NEEDS[method] if getattr(self, n) is None]
+        if missing:
+            raise WeightsError(f"method {method!r} needs the {' and '.join(missing)} network(s), which the weights "
+                               f"{self.source or 'given'} do not hold; choose --method among "
+                               f"{', '.join(self.methods()) or 'none'} or train them (`mood train {missing[0]}`)")
 
     # -- stages ---------------------------------------------------------------------------
-    def slices(self, volume: np.ndarray | torch.Tensor, n_slices: int | None = None) -> Slices:
-        """Volume (a0, a1, a2) in [0, 1] -> normalised slices, positions and the slice grid."""
+    def slices(self, volume: np.ndarray | torch.Tensor, n_slices: int | None = None,
+               size: int | None = None) -> Slices:
+        """Volume (a0, a1, a2) in [0, 1] -> normalised slices (``size`` pixels a side, default the
+        VQ-VAE's), positions and the slice grid (``n_slices``, default the card's)."""
         vol = torch.as_tensor(volume).to(self.device, torch.float32)
         grid = slice_grid(tuple(vol.shape), n_slices or self.config.n_slices)
-        x = extract_slices(vol, grid, self.config.vqvae.image_size)
+        x = extract_slices(vol, grid, size or self.config.vqvae.image_size)
         x = normalise(x, vol, self.config)
         return Slices(x=x, coord=grid.positions.to(self.device), grid=grid)
+
+    def localiser_raw(self, volume: np.ndarray | torch.Tensor, n_slices: int | None = None) -> tuple[torch.Tensor, Slices]:
+        """The localiser's probabilities (S, size, size) on every plane of the volume (or on
+        ``n_slices`` evenly spread), and the slices they score."""
+        self.require("localiser")
+        s = self.slices(volume, n_slices or int(np.shape(volume)[2]), self.config.localiser.image_size)
+        return probabilities(self.localiser, s.x, s.coord), s
 
     @torch.no_grad()
     def encode(self, s: Slices) -> torch.Tensor:
@@ -128,27 +176,55 @@ class Detector:
     @torch.no_grad()
     def reconstruction_error(self, s: Slices) -> torch.Tensor:
         """``|x - decode(encode(x))|`` (S, size, size): the plain VQ-VAE baseline, no prior."""
+        self.require("reconstruction")
         return (s.x - self.decode(self.encode(s), s.coord)).abs()
 
     # -- scores ---------------------------------------------------------------------------
-    def score(self, volume: np.ndarray | torch.Tensor, task: str, method: str = "lsr",
+    def score(self, volume: np.ndarray | torch.Tensor, task: str, method: str = "localiser",
               n_slices: int | None = None, restorations: int = DEFAULT_RESTORATIONS,
               seed: int = 0) -> float | np.ndarray:
         """The challenge's output for ``task``: one float in [0, 1) ("sample") or voxel scores in
-        [0, 1) on the input's grid (a0, a1, a2) ("pixel"), by latent spatial restoration ("lsr")
-        or the VQ-VAE's reconstruction error ("reconstruction", which needs no restorations)."""
+        [0, 1) on the input's grid (a0, a1, a2) ("pixel"), by the localiser ("localiser", every
+        plane unless ``n_slices``), latent spatial restoration ("lsr"), the mean of the two
+        ("fusion"), or the VQ-VAE's reconstruction error ("reconstruction", no restorations)."""
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, not {task!r}")
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+        self.require(method)
+        if method == "fusion":
+            loc = self.score(volume, task, "localiser")
+            lsr = self.score(volume, task, "lsr", n_slices, restorations, seed)
+            return (loc + lsr) / 2 if task == "sample" else ((loc + lsr) / 2).astype(np.float32)
         if task == "sample":
-            return (self.score_sample(volume, n_slices) if method == "lsr"
-                    else self.baseline_sample(volume, n_slices))
+            return {"localiser": self.localiser_sample, "lsr": self.score_sample,
+                    "reconstruction": self.baseline_sample}[method](volume, n_slices)
+        if method == "localiser":
+            return self.localiser_pixel(volume, n_slices)
         return (self.score_pixel(volume, n_slices, restorations, seed) if method == "lsr"
                 else self.baseline_pixel(volume, n_slices))
 
+    def localiser_sample(self, volume: np.ndarray | torch.Tensor, n_slices: int | None = None) -> float:
+        """The localiser's sample score in [0, 1): its top probabilities' mean, calibrated."""
+        return self._localiser_sample(self.localiser_raw(volume, n_slices)[0])
+
+    def localiser_pixel(self, volume: np.ndarray | torch.Tensor, n_slices: int | None = None) -> np.ndarray:
+        """The localiser's voxel scores in [0, 1) on the input's grid, float32, Fortran order."""
+        return self._localiser_pixel(*self.localiser_raw(volume, n_slices))
+
+    def localiser_outputs(self, volume: np.ndarray | torch.Tensor,
+                          n_slices: int | None = None) -> tuple[float, np.ndarray]:
+        """Both of the localiser's outputs from one pass over the volume: (sample, pixel)."""
+        probs, s = self.localiser_raw(volume, n_slices)
+        return self._localiser_sample(probs), self._localiser_pixel(probs, s)
+
+    def _localiser_sample(self, probs: torch.Tensor) -> float:
+        return float(self.card.localiser_sample_map(torch.tensor(sample_statistic(probs), dtype=torch.float64)))
+
+    def _localiser_pixel(self, probs: torch.Tensor, s: Slices) -> np.ndarray:
+        return slices_to_volume(self.card.localiser_pixel_map(probs), s.grid)
+
     def nll(self, volume: np.ndarray | torch.Tensor, n_slices: int | None = None) -> torch.Tensor:
         """Per-code NLL (S, L, L) of the volume's scored slices under the prior."""
+        self.require("lsr")
         s = self.slices(volume, n_slices)
         return self.code_nll(self.encode(s), s.coord)
 
@@ -158,6 +234,7 @@ class Detector:
     def pixel_raw(self, volume: np.ndarray | torch.Tensor, n_slices: int | None = None,
                   restorations: int = DEFAULT_RESTORATIONS, seed: int = 0) -> tuple[torch.Tensor, Slices]:
         """Smoothed slice scores (S, size, size) before calibration, and the slices they score."""
+        self.require("lsr")
         s = self.slices(volume, n_slices)
         rec = self.restorations(s, self.encode(s), restorations, seed)
         return scoring.smooth(scoring.restoration_distance(s.x, rec)), s

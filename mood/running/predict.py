@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from ..config import DEFAULT_IN_FLIGHT, METHODS, REGIONS, TASKS, region_of_shape
+from ..config import DEFAULT_IN_FLIGHT, DEFAULT_METHOD, METHODS, REGIONS, TASKS, region_of_shape
 from ..method.detector import DEFAULT_RESTORATIONS, Detector
 from ..method.weights import WeightsError
 from ..volumes.volume_io import (DEFAULT_MAX_VOXELS, InputError, Volume, is_nifti_name, list_inputs,
@@ -97,13 +97,13 @@ def predict(task: str, input: str | Path, output: str | Path, *, region: str = "
             device: str = "auto", weights: str | Path | None = None, seed: int = 0,
             restorations: int = DEFAULT_RESTORATIONS, slices: int | None = None,
             skip_existing: bool = False, max_voxels: int = DEFAULT_MAX_VOXELS,
-            progress: bool = True, method: str = "lsr", shard: Shard | None = None,
+            progress: bool = True, method: str = DEFAULT_METHOD, shard: Shard | None = None,
             in_flight: int = DEFAULT_IN_FLIGHT) -> RunSummary:
     """Score every NIfTI volume in ``input`` (a folder or one file) into ``output``.
 
     ``sample`` writes ``<name>.txt`` with one score in [0, 1); ``pixel`` writes ``<name>``, a NIfTI
-    of the input's shape and affine with voxel scores in [0, 1). ``method="reconstruction"`` scores
-    with the VQ-VAE's reconstruction error instead (the baseline that shows what the prior adds).
+    of the input's shape and affine with voxel scores in [0, 1), by ``method``
+    (:data:`mood.config.METHODS`; :meth:`mood.method.detector.Detector.score`).
     With ``shard`` only that shard's inputs are scored (the same bytes as in an unsharded run: the
     seed applies to every volume alike, whatever its position). At most ``in_flight`` volumes are
     held at once, read ahead of and written behind the one being scored.

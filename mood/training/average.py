@@ -13,8 +13,10 @@ from torch import nn
 
 
 class WeightAverage:
-    """``average = decay * average + (1 - decay) * weights`` after every step; ``decay = 0`` keeps
-    the latest weights. Saved with each checkpoint (``state_dict`` / ``load_state_dict``)."""
+    """``average = d * average + (1 - d) * weights`` after every step, with ``d = min(decay, (1 + step)
+    / (10 + step))`` so that the first steps' average forgets the random start quickly (``decay`` 0.999
+    alone would still hold 78 % of the initial weights after 250 steps); ``decay = 0`` keeps the
+    latest weights. Saved with each checkpoint (``state_dict`` / ``load_state_dict``)."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
@@ -23,9 +25,11 @@ class WeightAverage:
             p.requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int) -> None:
+        """Average in ``model``'s weights after 0-based step ``step``."""
+        decay = min(self.decay, (1 + step) / (10 + step))
         for avg, p in zip(self.model.parameters(), model.parameters()):
-            avg.lerp_(p.detach().to(avg.dtype), 1 - self.decay)
+            avg.lerp_(p.detach().to(avg.dtype), 1 - decay)
         for avg, b in zip(self.model.buffers(), model.buffers()):
             avg.copy_(b)
 

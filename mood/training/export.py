@@ -6,7 +6,9 @@ Out: weights folders in the format of :mod:`mood.method.weights` (``card.json`` 
   loop exports when the holdout improves (the card records the run: data by folder name and
   checksums, never a machine path);
 - :func:`init_weights`: randomly initialised models in the real format (tests, smoke runs);
-- :func:`export_weights`: a copy of a weights folder stored as another dtype (e.g. float16).
+- :func:`export_weights`: a copy of a weights folder stored as another dtype (e.g. float16);
+- :func:`add_localiser`: a trained localiser (stored as another dtype) added to a weights folder
+  that holds LSR's networks, under one card.
 """
 from __future__ import annotations
 
@@ -116,5 +118,22 @@ def export_weights(src: Path, dst: Path, dtype: torch.dtype = torch.float32,
     return Path(dst)
 
 
-__all__ = ["checked_card", "export_weights", "init_note", "init_weights", "save_trained_localiser", "save_trained_prior",
+def add_localiser(src: Path, dst: Path, dtype: torch.dtype = torch.float16,
+                  info: dict[str, Any] | None = None) -> Path:
+    """The localiser of ``src`` (and its training record) into the weights folder ``dst``, stored as
+    ``dtype``; ``dst``'s other networks, calibration and record stay; ``info`` is merged into its
+    card's ``info``. The localiser's maps are reset: calibrate it next (``mood calibrate --networks localiser``)."""
+    src_card, card = read_card(src), read_card(dst)
+    if src_card.config.region != card.config.region:
+        raise ValueError(f"{src} holds a {src_card.config.region} localiser, {dst} {card.config.region} weights")
+    localiser = load_localiser(src, src_card)
+    card.config = replace(card.config, localiser=src_card.config.localiser)
+    card.localiser_sample_map = card.localiser_pixel_map = type(card.localiser_sample_map)()
+    training = {**card.info.get("training", {}), "localiser": src_card.info["training"]["localiser"]}
+    card.info = {**card.info, "training": training, **(info or {})}
+    save_models(dst, card, None, None, dtype=dtype, localiser=localiser)
+    return Path(dst)
+
+
+__all__ = ["add_localiser", "checked_card", "export_weights", "init_note", "init_weights", "save_trained_localiser", "save_trained_prior",
            "save_trained_vqvae", "weights_note"]

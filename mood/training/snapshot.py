@@ -3,7 +3,8 @@
 A long training (the CPU weights campaign) outlives the machines it runs on, and only what is
 committed survives a machine. :func:`save_snapshot` turns a run folder's resumable checkpoints
 (``OUT/train/<kind>/``, :mod:`mood.training.checkpoints`) into a compact snapshot: the latest model
-in 16-bit floats, what the step carries (codebook statistics, float32: small), the run state (step,
+in 16-bit floats, what the step carries (codebook statistics, float32: small; the localiser's weight
+average, 16-bit like the model), the run state (step,
 CPU time, settings, config; no machine paths) and the holdout rows of the log. The optimiser's
 moments (bfloat16) go in too, model by model in the order given, as long as the whole snapshot
 stays within ``budget_mb``. A prior's snapshot also holds the frozen VQ-VAE whose codes it learns
@@ -38,7 +39,10 @@ from ..volumes.volume_io import atomic_write, write_json
 from .checkpoints import LEGACY_FILES, checkpoint_dir
 from ..method.weights import load_vqvae, read_card, save_models
 
-KINDS = ("vqvae", "prior")
+KINDS = ("vqvae", "prior", "localiser")
+#: what the step carries, stored as: the VQ-VAE's codebook statistics exactly, the localiser's
+#: weight average (a whole model) in 16 bits like the model
+CARRIED_DTYPE = {"localiser": torch.float16}
 #: snapshot files in the order they are written
 TENSOR_FILES = ("model", "carried", "optimizer")
 
@@ -78,7 +82,8 @@ def save_snapshot(runs: dict[str, Path], snap: Path, *, budget_mb: float = 15.0,
         meta = state.pop("optimizer", None)
         parts = {"model": _cast(load_file(str(ckpt / files["model"])), torch.float16)}
         if "carried" in files:
-            parts["carried"] = load_file(str(ckpt / files["carried"]))
+            carried = load_file(str(ckpt / files["carried"]))
+            parts["carried"] = _cast(carried, CARRIED_DTYPE[kind]) if kind in CARRIED_DTYPE else carried
         moments = _cast(load_file(str(ckpt / files["optimizer"])), torch.bfloat16) \
             if "optimizer" in files and meta is not None and (ckpt / files["optimizer"]).is_file() else None
         log = [line for line in (ckpt / "log.jsonl").read_text().splitlines()
@@ -134,7 +139,8 @@ def restore_snapshot(snap: Path, out: Path, kind: str) -> Path:
     for name, rel in state.pop("files").items():
         tensors = load_file(str(src / rel))
         files[name] = f"{name}-{step}.safetensors"
-        _write_tensors(ckpt / files[name], _cast(tensors, torch.float32) if name != "carried" else tensors)
+        exact = name == "carried" and kind not in CARRIED_DTYPE
+        _write_tensors(ckpt / files[name], tensors if exact else _cast(tensors, torch.float32))
     state["best"] = {}  # the best weights are not in the snapshot: the first checkpoint exports
     shutil.copyfile(src / "log.jsonl", ckpt / "log.jsonl")
     write_json(ckpt / "state.json", {**state, "files": files}, indent=1)

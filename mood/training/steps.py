@@ -126,7 +126,7 @@ def localiser_step(batch: Batch, *, ddp: nn.Module, model: UNet, opt: torch.opti
         logits = ddp(x, batch.coord)
     loss = F.binary_cross_entropy_with_logits(logits.float(), target)
     _optimise(loss, model, opt, settings)
-    average.update(model)
+    average.update(model, batch.step)
     return {"loss": float(loss.detach()), "changed": float((target > 0.5).float().mean())}
 
 
