@@ -8,6 +8,10 @@ random models whose thresholds are set to the 90th/98th percentile of the volume
 that restoration resamples as much as calibrated weights do on normal data.
 
     python benchmarks/bench_volume.py --regions brain abdom --restorations 15 --json benchmarks/results/volume.json
+    python benchmarks/bench_volume.py --regions brain --method localiser --json benchmarks/results/volume_brain_localiser.json
+
+``--method`` (default ``auto``: each card's choice) is passed to ``mood``; with ``--random`` the
+models include a real-size random localiser.
 """
 from __future__ import annotations
 
@@ -87,6 +91,7 @@ def main() -> int:
     ap.add_argument("--random", action="store_true", help="real-size random models (see above)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="passed to mood --threads")
+    ap.add_argument("--method", default="auto", help="passed to mood --method (default: auto)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -106,7 +111,7 @@ def main() -> int:
                                   str(tmp / region / "floor.nii.gz")])
             for task in ("sample", "pixel"):
                 cmd = [sys.executable, "-m", "mood", task, "-i", str(src), "-o", str(tmp / region / task),
-                       "--region", region, "--device", args.device, "-q"]
+                       "--region", region, "--device", args.device, "--method", args.method, "-q"]
                 if weights:
                     cmd += ["--weights", str(weights)]
                 if args.threads:
@@ -117,7 +122,7 @@ def main() -> int:
                 row[task]["ratio_to_floor"] = row[task]["wall_s"] / row["floor"]["wall_s"]
             results.append(row)
             print(json.dumps(row), flush=True)
-    write_report({"results": results, "restorations": args.restorations, "device": args.device,
+    write_report({"results": results, "method": args.method, "restorations": args.restorations, "device": args.device,
                   "threads": args.threads or "torch default",
                   "weights": "random real-size" if args.random else str(args.weights or "packaged")},
                  args.json)

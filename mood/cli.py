@@ -97,12 +97,15 @@ def _scoring_arguments(p: argparse.ArgumentParser, pixel: bool) -> None:
     p.add_argument("--region", default="auto", choices=("auto",) + REGIONS,
                    help="auto: brain for 256^3, abdomen for 512^3 volumes (default: auto)")
     p.add_argument("--slices", type=_positive_int, default=None,
-                   help="slices scored per volume, evenly spread (default: the weights card's, 32)")
+                   help="slices scored per volume, evenly spread (default: every plane for the localiser, "
+                        "the weights card's 32 for LSR)")
     p.add_argument("--restorations", type=_positive_int, default=15,
                    help="restorations per slice; more lowers variance, costs time (default: 15)"
                    if pixel else "ignored (accepted so that one argument list serves both tasks)")
-    p.add_argument("--method", choices=METHODS, default=os.environ.get("MOOD_METHOD") or DEFAULT_METHOD,
-                   help="localiser: a U-Net trained to segment synthetic anomalies, every plane scored; "
+    p.add_argument("--method", choices=("auto",) + METHODS, default=os.environ.get("MOOD_METHOD") or DEFAULT_METHOD,
+                   help="auto: the method the weights card names for its region (the one that measured best), "
+                        "else the first the weights can score with; "
+                        "localiser: a U-Net trained to segment synthetic anomalies, every plane scored; "
                         "lsr: latent spatial restoration (VQ-VAE and PixelSNAIL prior, the reference method); "
                         "fusion: the mean of the two; reconstruction: the plain VQ-VAE baseline, "
                         "|x - decode(encode(x))| per voxel and its mean per volume, to measure what the "
@@ -302,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole pipeline on a shipped volume, in a few minutes on a CPU",
                        parents=[WEIGHTS, DEVICE])
     p.add_argument("--output", "-o", type=Path, default=Path("mood-demo"))
+    p.add_argument("--method", choices=("auto",) + METHODS, default=os.environ.get("MOOD_METHOD") or DEFAULT_METHOD,
+                   help="how to score, as for sample and pixel (default: $MOOD_METHOD if set, else auto: "
+                        "the method the weights card names)")
     return parser
 
 
@@ -332,8 +338,8 @@ def split_extra(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Usage errors that argparse cannot see alone (combinations): exit 2 with argparse's message."""
-    if getattr(args, "method", None) is not None and args.method not in METHODS:
-        parser.error(f"MOOD_METHOD={args.method!r} is not a method; choose one of {', '.join(METHODS)}")
+    if getattr(args, "method", None) is not None and args.method not in ("auto",) + METHODS:
+        parser.error(f"MOOD_METHOD={args.method!r} is not a method; choose one of auto, {', '.join(METHODS)}")
     if args.command == "train" and args.model != "localiser" and (
             args.tasks != TRAINING_TASKS or args.channels or args.image_size):
         parser.error("--tasks, --channels and --image-size apply to the localiser")
@@ -507,7 +513,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     from .validation.demo import demo
     from .validation.validate import succeeded
 
-    report = demo(args.output, weights=args.weights, device=args.device, say=lambda text: print(text, flush=True))
+    report = demo(args.output, weights=args.weights, device=args.device, method=args.method,
+                  say=lambda text: print(text, flush=True))
     return 0 if succeeded(report["results"]) else 1
 
 

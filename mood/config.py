@@ -16,9 +16,11 @@ TASKS = ("sample", "pixel")
 #: Scoring methods: the self-supervised localiser, latent spatial restoration (the reference method
 #: this package reproduces), the two fused, and the VQ-VAE reconstruction-error baseline.
 METHODS = ("localiser", "lsr", "fusion", "reconstruction")
-#: The method that measures best on held-out heads and kinds no training task makes (the README's
-#: table); the command line's default, which the environment variable MOOD_METHOD overrides.
-DEFAULT_METHOD = "localiser"
+#: The command line's default method (the environment variable MOOD_METHOD overrides it): the one
+#: the weights card names for its region -- the method that measured best on held-out heads and on
+#: kinds no training task makes (the README's table) -- else the first of :data:`METHODS` that its
+#: networks can score with.
+DEFAULT_METHOD = "auto"
 #: The localiser's training task families (:mod:`mood.training.tasks`): the anomalies that teach.
 TRAINING_TASKS = ("interpolation", "poisson", "deformation", "intensity")
 #: Each validation kind (:mod:`mood.validation.anomalies`, the anomalies that judge) and the task

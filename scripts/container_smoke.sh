@@ -344,6 +344,10 @@ for who in root "$OTHER"; do
 done
 harness_folders "$OTHER"
 run_case "harness-pixel-abdom-user-$OTHER" pixel abdom challenge "$base/abdom" --user "$OTHER:$OTHER"
+# The challenge's call passes no flags: the method comes from the environment (MOOD_METHOD).
+harness_folders root
+HARNESS_OUT[env-lsr]=$base
+run_case "harness-sample-brain-method-lsr" sample brain challenge "$base/brain" -e MOOD_METHOD=lsr
 
 # Output folders the container cannot write to, whoever it becomes: one line, exit 1, no models
 # loaded (the line is all it says), nothing left behind.
@@ -382,6 +386,11 @@ same() {  # NAME_A DIR_A NAME_B DIR_B
 same direct-sample-brain "$WORK/out-direct-sample-brain" harness-sample-brain-as-root "${HARNESS_OUT[root-sample]}/brain"
 same direct-pixel-abdom "$WORK/out-direct-pixel-abdom" harness-pixel-abdom-as-root "${HARNESS_OUT[root-pixel]}/abdom"
 same harness-pixel-abdom-as-root "${HARNESS_OUT[root-pixel]}/abdom" "harness-pixel-abdom-as-$OTHER" "${HARNESS_OUT[$OTHER-pixel]}/abdom"
+if py "$WORK/same_outputs.py" "${HARNESS_OUT[root-sample]}/brain" "${HARNESS_OUT[env-lsr]}/brain" >/dev/null 2>&1; then
+    fail "MOOD_METHOD=lsr gave the same brain sample scores as the default method: the variable was not read"
+else
+    ok "MOOD_METHOD=lsr scores with another method than the default"
+fi
 tr '\r' '\n' <"$WORK/harness-sample-abdom-as-root.log" \
     | grep -o -m 1 -E '(INFO|WARNING) [^|]*(CPU|GPU|cuda)[^|]*' | sed 's/^/smoke: device line: /' >&2 || true
 log "runs took $(( $(date +%s) - T_START )) s"

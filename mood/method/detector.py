@@ -107,6 +107,18 @@ class Detector:
         """The methods this detector's networks can score with."""
         return tuple(m for m in METHODS if all(getattr(self, n) is not None for n in NEEDS[m]))
 
+    def resolve(self, method: str) -> str:
+        """``method``, with "auto" replaced by the card's method when these networks can score with
+        it, else by the first method they can."""
+        if method != "auto":
+            return method
+        available = self.methods()
+        if self.card.method in available:
+            return self.card.method
+        if not available:
+            raise WeightsError(f"the weights {self.source or 'given'} hold no network to score with")
+        return available[0]
+
     def require(self, method: str) -> None:
         """Raise :class:`WeightsError` unless the networks of ``method`` are loaded."""
         if method not in METHODS:
@@ -180,15 +192,17 @@ class Detector:
         return (s.x - self.decode(self.encode(s), s.coord)).abs()
 
     # -- scores ---------------------------------------------------------------------------
-    def score(self, volume: np.ndarray | torch.Tensor, task: str, method: str = "localiser",
+    def score(self, volume: np.ndarray | torch.Tensor, task: str, method: str = "auto",
               n_slices: int | None = None, restorations: int = DEFAULT_RESTORATIONS,
               seed: int = 0) -> float | np.ndarray:
         """The challenge's output for ``task``: one float in [0, 1) ("sample") or voxel scores in
         [0, 1) on the input's grid (a0, a1, a2) ("pixel"), by the localiser ("localiser", every
         plane unless ``n_slices``), latent spatial restoration ("lsr"), the mean of the two
-        ("fusion"), or the VQ-VAE's reconstruction error ("reconstruction", no restorations)."""
+        ("fusion"), the VQ-VAE's reconstruction error ("reconstruction", no restorations), or the
+        card's choice ("auto", :meth:`resolve`)."""
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, not {task!r}")
+        method = self.resolve(method)
         self.require(method)
         if method == "fusion":
             loc = self.score(volume, task, "localiser")

@@ -50,6 +50,9 @@ class Card:
     #: The localiser's own maps of its sample statistic and voxel probabilities into [0, 1).
     localiser_sample_map: ScoreMap = field(default_factory=ScoreMap)
     localiser_pixel_map: ScoreMap = field(default_factory=ScoreMap)
+    #: The method ``--method auto`` scores with (the one that measured best for this region);
+    #: None: the first of :data:`mood.config.METHODS` that the folder's networks can do.
+    method: str | None = None
     #: Free-form provenance: training files and licences, steps, losses, validation metrics.
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -65,6 +68,7 @@ class Card:
         return {
             "format_version": FORMAT_VERSION,
             "config": self.config.to_dict(),
+            "method": self.method,
             "calibration": {
                 "lambda_s": self.lambda_s,
                 "lambda_p": self.lambda_p,
@@ -85,6 +89,7 @@ class Card:
         cal = d.get("calibration", {})
         return cls(
             config=RegionConfig.from_dict(d["config"]),
+            method=d.get("method"),
             lambda_s=cal.get("lambda_s"),
             lambda_p=cal.get("lambda_p"),
             sample_map=ScoreMap(float(cal.get("sample_map", {}).get("scale", 1.0))),

@@ -110,8 +110,8 @@ def predict(task: str, input: str | Path, output: str | Path, *, region: str = "
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, not {task!r}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    if method not in ("auto",) + METHODS:
+        raise ValueError(f"method must be auto or one of {METHODS}, not {method!r}")
     if region != "auto" and region not in REGIONS:
         raise ValueError(f"region must be auto or one of {REGIONS}, not {region!r}")
     if restorations < 1:

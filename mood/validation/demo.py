@@ -6,7 +6,8 @@
    MNI152 2009a template at 2 mm, licence in ``mood/data/LICENSE-MNI152.txt``) with
    :func:`mood.validation.toy.make_toy`: a few cases with synthetic anomalies of different kinds and at least
    one untouched normal;
-2. runs the ``sample`` and ``pixel`` tasks on it with the brain weights (``weights/brain``, or
+2. runs the ``sample`` and ``pixel`` tasks on it with the brain weights and the method their card names
+   (the localiser: every plane; LSR: ``slices`` slices, ``restorations`` restorations) (``weights/brain``, or
    ``$MOOD_WEIGHTS/brain``, as :func:`mood.method.weights.default_weights_dir` resolves them, or ``weights``);
 3. scores the predictions exactly as the challenge's evaluator does (:func:`mood.validation.validate.validate`:
    average precision, plus AUROC and best Dice), gives the table and draws one picture per case.
@@ -86,7 +87,7 @@ def _no_weights_message(reason: str) -> str:
             f"mood init-weights --region {REGION} --out random-weights && mood demo --weights random-weights")
 
 
-def check_weights(weights: Path | None) -> tuple[Path, dict[str, Any]]:
+def check_weights(weights: Path | None, method: str = "auto") -> tuple[Path, dict[str, Any], str]:
     """The brain weights folder the demo will use, and its card's ``info``, after loading both models.
 
     ``weights`` None means the installed default (:func:`mood.method.weights.default_weights_dir`).
@@ -105,10 +106,12 @@ def check_weights(weights: Path | None) -> tuple[Path, dict[str, Any]]:
     try:
         directory = resolve_weights(REGION, directory)
         detector = Detector.load(REGION, directory, "cpu")  # every check of the real run, up front
+        method = detector.resolve(method)
+        detector.require(method)
     except WeightsError as exc:
         raise WeightsError(_no_weights_message(
             f"no usable {REGION} weights in {directory}: {str(exc).splitlines()[0]}")) from None
-    return directory.absolute(), dict(detector.card.info)
+    return directory.absolute(), dict(detector.card.info), method
 
 
 def _check_args(count: int, normals: int, size: int, slices: int, restorations: int) -> None:
@@ -149,15 +152,19 @@ def _validate_task(output: Path, task: str, extra_args: Sequence[str], pictures:
 
 
 def _announce(say: Say, output: Path, source: Path, weights_dir: Path, info: dict[str, Any], count: int, normals: int,
-              size: int, slices: int, restorations: int) -> None:
+              size: int, slices: int, restorations: int, method: str) -> None:
     say(f"mood demo: {count} brain cases ({count - normals} with synthetic anomalies, {normals} normal) "
          f"at {size}^3, made from {source.name}")
     if source == DEMO_VOLUME:
         say(f"  (the MNI152 2009a template at 2 mm; licence: {DEMO_VOLUME.parent / 'LICENSE-MNI152.txt'});")
-    say(f"  scored on {slices} slices, pixel mode with {restorations} restorations per slice (challenge "
-         f"runs: 256^3, {region_preset(REGION).n_slices} slices, {DEFAULT_RESTORATIONS} restorations).")
-    say("  Sized to finish in a few minutes on a 2-core CPU; anomalies between the scored slices are "
-         "missed, so the numbers show the pipeline, not the method's accuracy.")
+    if method == "localiser":
+        say(f"  scored by the localiser on every one of its {size} axial planes.")
+    else:
+        say(f"  scored by {method} on {slices} slices, pixel mode with {restorations} restorations per slice "
+             f"(challenge runs: 256^3, {region_preset(REGION).n_slices} slices, {DEFAULT_RESTORATIONS} "
+             f"restorations).")
+        say("  Sized to finish in a few minutes on a 2-core CPU; anomalies between the scored slices are "
+             "missed, so the numbers show the pipeline, not the method's accuracy.")
     say(f"  weights: {weights_dir}")
     if info.get("random_init"):
         say("  NOTE: these weights are randomly initialised (their card says so): the metrics are meaningless.")
@@ -166,13 +173,13 @@ def _announce(say: Say, output: Path, source: Path, weights_dir: Path, info: dic
 
 
 def _run_tasks(say: Say, output: Path, weights_dir: Path, device: str, seed: int, slices: int,
-               restorations: int) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
+               restorations: int, method: str) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
     """Predict and score both tasks; returns the predictor arguments and validate's report, per task."""
     # validate adds --input, --output and --region; --restorations is pixel's alone
     # One torch thread: the restoration's many small products gain little from a second thread and
     # lose badly when anything else runs on the same cores.
-    common = ["--weights", str(weights_dir), "--device", device, "--seed", str(seed), "--slices", str(slices),
-              "--threads", "1"]
+    common = ["--weights", str(weights_dir), "--device", device, "--seed", str(seed), "--method", method,
+              "--threads", "1"] + ([] if method == "localiser" else ["--slices", str(slices)])
     args = {"sample": common, "pixel": common + ["--restorations", str(restorations)]}
     toy_dir, pred_dir = output / REGION / "toy", output / "predictions" / REGION
     reports = {}
@@ -206,7 +213,8 @@ def _print_summary(say: Say, output: Path, report: dict[str, Any], ok: bool) -> 
 def demo(output: Path = Path("mood-demo"), weights: Path | None = None, device: str = "auto", *,
          count: int = DEMO_COUNT, normals: int = DEMO_NORMALS, size: int = DEMO_SIZE,
          slices: int = DEMO_SLICES, restorations: int = DEMO_RESTORATIONS, seed: int = DEMO_SEED,
-         kinds: tuple[str, ...] = DEMO_KINDS, source: Path = DEMO_VOLUME, say: Say = _silent) -> dict[str, Any]:
+         kinds: tuple[str, ...] = DEMO_KINDS, source: Path = DEMO_VOLUME, method: str = "auto",
+         say: Say = _silent) -> dict[str, Any]:
     """Build a toy set from the shipped volume, run both tasks, score them, draw them; see the module doc.
 
     Args:
@@ -217,11 +225,12 @@ def demo(output: Path = Path("mood-demo"), weights: Path | None = None, device: 
         device: ``auto``, ``cpu`` or ``cuda``, for the predictions.
         count, normals: cases, of which ``normals`` are left untouched.
         size: side of the cubic volumes (the challenge's brain volumes are 256).
-        slices: axial slices scored per volume (sample and pixel).
-        restorations: restorations per slice (pixel).
+        slices: axial slices scored per volume by LSR (the localiser scores every plane).
+        restorations: restorations per slice (LSR's pixel task).
         seed: seed of the toy set and of the restorations.
         kinds: anomaly kinds, used in turn by the anomalous cases.
         source: the normal volume the cases are made from.
+        method: how to score (:data:`mood.config.METHODS`); "auto": the weights card's choice.
         say: receives the demo's lines (progress, the table, where everything is).
 
     Returns:
@@ -235,9 +244,9 @@ def demo(output: Path = Path("mood-demo"), weights: Path | None = None, device: 
     output, source = Path(output).absolute(), Path(source)
     _check_args(count, normals, size, slices, restorations)
     start = time.perf_counter()
-    weights_dir, info = check_weights(weights)
+    weights_dir, info, method = check_weights(weights, method)
     prepare_output(output)
-    _announce(say, output, source, weights_dir, info, count, normals, size, slices, restorations)
+    _announce(say, output, source, weights_dir, info, count, normals, size, slices, restorations, method)
 
     t0 = time.perf_counter()
     toy = make_toy(source, output / REGION, count, seed, region=REGION, normal_fraction=normals / count,
@@ -245,14 +254,14 @@ def demo(output: Path = Path("mood-demo"), weights: Path | None = None, device: 
     t_toy = time.perf_counter() - t0
     say(f"[1/3] toy set: {toy.n_cases} cases in {output / REGION / 'toy'} ({t_toy:.0f} s): "
          + ", ".join(f"{c.name} {c.kind or 'normal'}" for c in toy.cases))
-    args, reports = _run_tasks(say, output, weights_dir, device, seed, slices, restorations)
+    args, reports = _run_tasks(say, output, weights_dir, device, seed, slices, restorations, method)
 
     rows = [row for task in TASKS for row in reports[task]["results"]]
     cases = {key: value for task in TASKS for key, value in reports[task]["cases"].items()}
     sample_cases = cases.get(f"{REGION}/sample", {})
     report = {
         "demo": {"source": str(source), "weights": str(weights_dir), "weights_info": info, "device": device,
-                 "count": count, "normals": normals, "size": [size] * 3, "slices": slices,
+                 "method": method, "count": count, "normals": normals, "size": [size] * 3, "slices": slices,
                  "restorations": restorations, "seed": seed,
                  "seconds": round(time.perf_counter() - start, 1), "toy_seconds": round(t_toy, 1),
                  "cases": {c.name: {"kind": c.kind, "changed_voxels": c.n_changed,
