@@ -55,7 +55,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def _task_list(text: str) -> tuple[str, ...]:
-    tasks = tuple(t.strip() for t in text.split(",") if t.strip())
+    tasks = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))  # each family once
     unknown = [t for t in tasks if t not in TRAINING_TASKS]
     if unknown or not tasks:
         raise argparse.ArgumentTypeError(f"unknown task(s) {unknown or text!r}; choose from {', '.join(TRAINING_TASKS)}")
@@ -338,15 +338,20 @@ def split_extra(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Usage errors that argparse cannot see alone (combinations): exit 2 with argparse's message."""
+    from .training.settings import TrainSettings  # the defaults; no torch
+
     if getattr(args, "method", None) is not None and args.method not in ("auto",) + METHODS:
         parser.error(f"MOOD_METHOD={args.method!r} is not a method; choose one of auto, {', '.join(METHODS)}")
     if args.command == "train" and args.model != "localiser" and (
-            args.tasks != TRAINING_TASKS or args.channels or args.image_size):
-        parser.error("--tasks, --channels and --image-size apply to the localiser")
+            args.tasks != TRAINING_TASKS or args.channels or args.image_size
+            or args.label_sigma != TrainSettings.label_sigma or args.average != TrainSettings.average):
+        parser.error("--tasks, --label-sigma, --average, --channels and --image-size apply to the localiser")
     if args.command == "train" and args.model == "localiser" and (
             args.vqvae or args.width != 1.0 or args.cell or args.codes or args.crop or args.prior_channels
-            or args.prior_blocks or args.prior_dropout is not None):
-        parser.error("--vqvae, --width, --cell, --codes, --crop and --prior-* apply to LSR's networks, not the localiser")
+            or args.prior_blocks or args.prior_dropout is not None or args.codebook_update != TrainSettings.codebook_update
+            or args.ema_decay != TrainSettings.ema_decay or args.quantiser_gradient != TrainSettings.quantiser_gradient):
+        parser.error("--vqvae, --width, --cell, --codes, --crop, --codebook-update, --ema-decay, --quantiser-gradient "
+                     "and --prior-* apply to LSR's networks, not the localiser")
     if args.command == "train" and args.model == "prior":
         if args.width != 1.0 or args.cell or args.codes:
             parser.error("--width, --cell and --codes apply to the VQ-VAE; the prior takes its architecture from --vqvae")

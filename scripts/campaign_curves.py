@@ -7,7 +7,8 @@ campaign keeps these, because a run's folder is lost with its machine; a run log
 sessions is the comma-separated list of its pieces), and draws, against
 CPU-hours (this process's CPU time over all its threads, so runs that shared the machine compare
 fairly): the holdout L1 reconstruction over whole slices and inside the body (where logged) and the
-codes in use (VQ-VAE runs), and the holdout NLL per code (prior runs). Prints a Markdown table of
+codes in use (VQ-VAE runs), the holdout NLL per code (prior runs), and the holdout BCE and pixel AP
+on the training tasks' anomalies in the holdout head (localiser runs). Prints a Markdown table of
 every run's holdout metric at equal CPU time (``--at HOURS``, default the shortest run of its kind)
 and at its own end. With ``--held-out`` (a campaign JSON, ``docs/weights/campaign_<region>.json``), one
 more panel each for the held-out pixel AP (with the reconstruction baseline of the same weights)
@@ -31,7 +32,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-METRIC = {"vqvae": "holdout_recon", "prior": "holdout_nll"}
+METRIC = {"vqvae": "holdout_recon", "prior": "holdout_nll", "localiser": "holdout_loss"}
 #: the same metric inside the body (logged since session 10 for the VQ-VAE, session 12 for the prior)
 INSIDE = {"vqvae": "holdout_recon_fg", "prior": "holdout_nll_body"}
 
@@ -50,7 +51,7 @@ def read_run(spec: str) -> tuple[str, list[dict]]:
 def read_piece(path: Path) -> tuple[str, list[dict]]:
     """(kind, checkpoint rows with a holdout metric) of a ``mood train`` output folder or log file."""
     # A prior's folder may also hold its VQ-VAE's log: the prior's is the run's own.
-    logs = [path] if path.is_file() else [path / "train" / kind / "log.jsonl" for kind in ("prior", "vqvae")]
+    logs = [path] if path.is_file() else [path / "train" / kind / "log.jsonl" for kind in ("prior", "vqvae", "localiser")]
     for log in logs:
         if log.is_file():
             rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
@@ -70,14 +71,14 @@ def table(runs: dict[str, tuple[str, list[dict]]], at_hours: float | None = None
     lines = ["| run | model | steps | CPU-hours | holdout at equal CPU time | inside the body, same time "
              "| holdout best | holdout at end |",
              "|---|---|---|---|---|---|---|---|"]
-    for kind in ("vqvae", "prior"):
+    for kind in METRIC:
         mine = {name: rows for name, (k, rows) in runs.items() if k == kind and rows}
         if not mine:
             continue
         equal = at_hours * 3600 if at_hours else min(rows[-1]["cpu_s"] for rows in mine.values())
         for name, rows in mine.items():
             key = METRIC[kind]
-            fg = [r for r in rows if INSIDE[kind] in r]
+            fg = [r for r in rows if INSIDE.get(kind) in r]
             inside = f"{at_cpu(fg, INSIDE[kind], equal):.4f}" if fg else "-"
             lines.append(f"| {name} | {kind} | {rows[-1]['step']} | {rows[-1]['cpu_s'] / 3600:.2f} | "
                          f"{key.split('_')[1]} {at_cpu(rows, key, equal):.4f} at {equal / 3600:.2f} h | "
@@ -120,7 +121,9 @@ def plot(runs: dict[str, tuple[str, list[dict]]], out: Path, logx: bool = False,
               ("vqvae", "holdout_recon_fg", "VQ-VAE: holdout L1 inside the body"),
               ("vqvae", "holdout_codes_used", "VQ-VAE: codes in use (holdout)"),
               ("prior", "holdout_nll", "prior: holdout NLL per code (nats)"),
-              ("prior", "holdout_nll_body", "prior: holdout NLL inside the body (nats)")]
+              ("prior", "holdout_nll_body", "prior: holdout NLL inside the body (nats)"),
+              ("localiser", "holdout_loss", "localiser: holdout BCE (training tasks)"),
+              ("localiser", "holdout_ap", "localiser: holdout pixel AP (training tasks)")]
     panels = [p for p in panels if any(k == p[0] and rows and p[1] in rows[-1] for k, rows in runs.values())]
     n = len(panels) + 2 * bool(held_out)
     cols = min(n, 4)

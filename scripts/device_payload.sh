@@ -8,46 +8,48 @@
 #   scripts/device_payload.sh --rehearse        --check, then copy exactly what would travel into a
 #                                               temporary folder and run the device command there on
 #                                               the CPU at tiny size (DEVICE=cpu TINY=1, about 2 min)
-#   scripts/device_payload.sh --hide-weights    just before the call: the shipped weight shards
+#   scripts/device_payload.sh --hide-weights    just before the call: the shipped weight shards and
+#                                               the campaign snapshots (campaign/)
 #   scripts/device_payload.sh --restore-weights just after it: ... leave git's index, and come back
 #
 # What travels (the device tool's README): the session's checkout -- tracked and untracked-not-ignored
 # files, and shared/ if it has one -- plus the carried .device/, at most 64 MiB. The shipped weight
-# shards (weights/*/*.safetensors, 83 MB) are tracked: ignore rules do not apply to tracked files,
-# so no call from a checkout that tracks them can start. The run does not read them (it trains its
-# own, and compares with the shipped card.json, which travels), so for the call they leave the index
-# and are ignored (--hide-weights: `git rm --cached` + .git/info/exclude; the files stay on disk),
-# and --restore-weights puts the index back as it was. Between the two, commit nothing.
+# shards (weights/*/*.safetensors, 86 MB) and the campaign snapshots (campaign/, tens of MB) are
+# tracked: ignore rules do not apply to tracked files, so no call from a checkout that tracks them
+# can start. The run reads neither (it trains its own weights, and compares with the shipped
+# card.json, which travels), so for the call they leave the index and are ignored (--hide-weights:
+# `git rm --cached` + .git/info/exclude; the files stay on disk), and --restore-weights puts the
+# index back as it was. Between the two, commit nothing.
 # SHARED (default ../shared) holds data/; PYTHON (default python3) runs pip download and the rehearsal.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED="${SHARED:-$PWD/../shared}"
 PY="${PYTHON:-python3}"
 LIMIT="${PAYLOAD_LIMIT:-$((64 << 20))}"  # bytes; the device tool's limit (tests lower it)
-HIDDEN='weights/*/*.safetensors'  # git pathspec: what --hide-weights takes out of the index
+HIDDEN=('weights/*/*.safetensors' 'campaign')  # git pathspecs: what --hide-weights takes out of the index
 NOTE='# until scripts/device_payload.sh --restore-weights:'  # git reads no comment after a pattern
-IGNORE='/weights/*/*.safetensors'
+IGNORES=('/weights/*/*.safetensors' '/campaign/')
 EVAL_SOURCES="rorden_t1.nii.gz icbm2009asym_t1_template.nii.gz"
 NIBABEL="$(sed -n 's/^nibabel==//p' requirements.txt)"
 die() { echo "device_payload: $*" >&2; exit 1; }
 
 case "${1:-}" in
   --hide-weights)
-    git rm -r -q --cached --ignore-unmatch -- "$HIDDEN"
+    git rm -r -q --cached --ignore-unmatch -- "${HIDDEN[@]}"
     exclude="$(git rev-parse --git-path info/exclude)"
     mkdir -p "$(dirname "$exclude")"
-    grep -qxF "$IGNORE" "$exclude" 2>/dev/null || printf '%s\n%s\n' "$NOTE" "$IGNORE" >> "$exclude"
-    echo "weight shards out of the index and ignored; after the call: scripts/device_payload.sh --restore-weights"
+    grep -qxF "$NOTE" "$exclude" 2>/dev/null || printf '%s\n' "$NOTE" "${IGNORES[@]}" >> "$exclude"
+    echo "weight shards and campaign snapshots out of the index and ignored; after the call: scripts/device_payload.sh --restore-weights"
     exit 0 ;;
   --restore-weights)
     exclude="$(git rev-parse --git-path info/exclude)"
     if [ -f "$exclude" ]; then
-      grep -vxF -e "$NOTE" -e "$IGNORE" "$exclude" > "$exclude.tmp" || true
+      grep -vxF -e "$NOTE" "${IGNORES[@]/#/-e}" "$exclude" > "$exclude.tmp" || true
       mv "$exclude.tmp" "$exclude"
     fi
-    git reset -q -- weights
-    git diff --quiet -- weights || die "weights/ differ from the last commit: look before committing"
-    echo "weight shards tracked again"
+    git reset -q -- weights campaign
+    git diff --quiet -- weights campaign || die "weights/ or campaign/ differ from the last commit: look before committing"
+    echo "weight shards and campaign snapshots tracked again"
     exit 0 ;;
   ""|--check|--rehearse) ;;
   *) die "unknown option $1 (see the head of $0)" ;;
@@ -77,7 +79,7 @@ if [ -z "${1:-}" ]; then echo "built .device/ ($(du -sh .device | cut -f1))"; ex
 list="$(mktemp)"
 trap 'rm -f "$list"' EXIT
 {
-  git ls-files -z --cached --others --exclude-standard -- . ":(exclude)$HIDDEN" ":(exclude).device"
+  git ls-files -z --cached --others --exclude-standard -- . "${HIDDEN[@]/#/:(exclude)}" ":(exclude).device"
   if [ -d shared ]; then find shared -type f -print0; fi
   find .device -type f -print0
 } | while IFS= read -r -d '' f; do
@@ -93,7 +95,7 @@ n_brain=$(find .device/data/brain -name '*.nii.gz' | wc -l)
 [ "$n_brain" -eq "$(find "$SHARED/data/brain" -name '*.nii.gz' | wc -l)" ] || die "stale .device/data/brain"
 [ "$total" -le "$LIMIT" ] || die "payload $(mib "$total") in $count files is over the limit, $(mib "$LIMIT")"
 echo "payload ok: $(mib "$total") in $count files (limit 64 MiB; .device/ $(du -sh .device | cut -f1)," \
-  "$n_brain brain volumes, nibabel $NIBABEL wheel); the shipped shards stay behind (--hide-weights)"
+  "$n_brain brain volumes, nibabel $NIBABEL wheel); the shipped shards and campaign snapshots stay behind (--hide-weights)"
 [ "$1" = --rehearse ] || exit 0
 
 # 3. Rehearse: exactly those files in a fresh folder, the device command run there on the CPU.
@@ -105,5 +107,5 @@ echo "rehearsing in $stage/tree: DEVICE=cpu TINY=1 bash scripts/device_run.sh"
 (cd "$stage/tree" && OUT="$stage/out" WORK="$stage/work" DEVICE=cpu TINY=1 PYTHON="$PY" \
   bash scripts/device_run.sh > "$stage/rehearsal.log" 2>&1) \
   || { tail -40 "$stage/rehearsal.log"; die "the tiny run from the payload failed (log above)"; }
-grep -E '^(vqvae|prior): |payload|held out|\| lsr|not comparable|OUT' "$stage/rehearsal.log" || true
+grep -E '^(vqvae|prior|localiser): |payload|held out|\| lsr|\| localiser|not comparable|OUT' "$stage/rehearsal.log" || true
 echo "rehearsal ok: $(find "$stage/out" -type f | wc -l) files back in \$OUT"

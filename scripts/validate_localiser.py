@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from validate_weights import compact_png, toy_set  # noqa: E402
 
 from mood.config import KIND_TEACHERS, TRAINING_TASKS  # noqa: E402
-from mood.method.detector import Detector  # noqa: E402
+from mood.method.detector import Detector, fuse  # noqa: E402
 from mood.method.weights import read_card, write_card  # noqa: E402
 from mood.validation.metrics import Float16Histogram, ScoreCounts, auroc, average_precision, summarise  # noqa: E402
 from mood.validation.show import show  # noqa: E402
@@ -61,34 +61,53 @@ def counts_for(kind: str, tasks: tuple[str, ...]) -> bool:
     return not set(KIND_TEACHERS[kind]) & set(tasks)
 
 
+def histogram(pixel: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """The counts of a pixel map as the evaluator reads it (clipped, float16) against its label."""
+    hist = Float16Histogram()
+    hist.add(np.clip(pixel, 0, 1).astype(np.float16), label)
+    return hist.counts
+
+
 def score_cases(weights: Path, region: str, region_dir: Path, cases: dict[str, dict],
-                keep: set[str], out: Path) -> dict[str, dict]:
+                keep: set[str], out: Path, lsr: bool = False, lsr_pixel: set[str] = frozenset(),
+                restorations: int = 15) -> dict[str, dict[str, dict]]:
     """Every case through the localiser of ``weights`` (one pass for both tasks): its sample score
-    and its pixel histogram as the evaluator reads the map; the maps of ``keep`` saved under ``out``."""
+    and its pixel histogram as the evaluator reads the map; the maps of ``keep`` saved under ``out``.
+    With ``lsr`` also LSR's and the fusion's sample scores, and on the cases ``lsr_pixel`` their pixel
+    maps (``restorations`` restorations, seed 0). Returns ``{method: {case: {"sample", "counts"}}}``."""
     det = Detector.load(region, weights, device="cpu")
     out.mkdir(parents=True, exist_ok=True)
-    scored = {}
+    scored: dict[str, dict[str, dict]] = {"localiser": {}, **({"lsr": {}, "fusion": {}} if lsr else {})}
     for name in sorted(cases):
         volume = load_volume(region_dir / "toy" / name)
         label = load_volume(region_dir / "toy_label" / "pixel" / name).data > 0.5
         sample, pixel = det.localiser_outputs(volume.data)
-        pixel16 = np.clip(pixel, 0, 1).astype(np.float16)
-        hist = Float16Histogram()
-        hist.add(pixel16, label)
-        scored[name] = {"sample": sample, "counts": hist.counts}
+        scored["localiser"][name] = {"sample": sample, "counts": histogram(pixel, label)}
         if name in keep:
-            np.save(out / f"{name.split('.nii')[0]}.npy", pixel16)
+            np.save(out / f"{name.split('.nii')[0]}.npy", np.clip(pixel, 0, 1).astype(np.float16))
+        if lsr:
+            lsr_sample = det.score(volume.data, "sample", "lsr")
+            scored["lsr"][name] = {"sample": lsr_sample}
+            scored["fusion"][name] = {"sample": fuse(sample, lsr_sample)}
+            if name in lsr_pixel:
+                lsr_map = det.score(volume.data, "pixel", "lsr", restorations=restorations, seed=0)
+                scored["lsr"][name]["counts"] = histogram(lsr_map, label)
+                scored["fusion"][name]["counts"] = histogram(fuse(pixel, lsr_map), label)
     return scored
 
 
 def group_metrics(scored: dict[str, dict], cases: dict[str, dict], members: list[str]) -> dict:
-    """The challenge's metric on ``members``: pooled pixel AP (and AUROC, best Dice), sample AP and AUROC."""
-    pixel = summarise(Float16Histogram(sum(scored[n]["counts"] for n in members)).to_counts())
+    """The challenge's metric on ``members``: pooled pixel AP (and AUROC, best Dice) over the members
+    with a pixel map, sample AP and AUROC over all of them."""
     sample = ScoreCounts.from_arrays(np.array([scored[n]["sample"] for n in members]),
                                      np.array([cases[n]["kind"] is not None for n in members]))
-    return {"n_cases": len(members), "pixel_ap": pixel["ap"], "pixel_auroc": pixel["auroc"],
-            "pixel_best_dice": pixel["best_dice"], "sample_ap": average_precision(sample),
-            "sample_auroc": auroc(sample)}
+    out = {"n_cases": len(members), "sample_ap": average_precision(sample), "sample_auroc": auroc(sample)}
+    mapped = [n for n in members if "counts" in scored[n]]
+    if mapped and any(cases[n]["kind"] is not None for n in mapped):
+        pixel = summarise(Float16Histogram(sum(scored[n]["counts"] for n in mapped)).to_counts())
+        out.update(pixel_cases=len(mapped), pixel_ap=pixel["ap"], pixel_auroc=pixel["auroc"],
+                   pixel_best_dice=pixel["best_dice"])
+    return out
 
 
 def head_correlations(sources: list[Path], train_files: list[Path], region: str) -> dict[str, dict]:
@@ -116,7 +135,7 @@ def table(models: dict[str, dict], kinds: list[str]) -> str:
         cells = []
         for m in models.values():
             r = m["kinds"][kind]
-            cell = f"{r['pixel_ap']:.3f} ({r['sample_auroc']:.2f})"
+            cell = f"{r['pixel_ap']:.3f} ({r['sample_auroc']:.2f})" if "pixel_ap" in r else f"- ({r['sample_auroc']:.2f})"
             cells.append(cell if r["counts"] else f"[{cell}]")
         n = next(iter(models.values()))["kinds"][kind]["n_cases"]
         lines.append(f"| {kind} | {n} | " + " | ".join(cells) + " |")
@@ -140,6 +159,13 @@ def main() -> int:
                     help="toy volumes of this shape instead of the region's challenge shape (quick runs)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--work", type=Path, default=Path("runs/validation_localiser"))
+    ap.add_argument("--lsr", action="store_true",
+                    help="also LSR and the fusion (the --weights must hold LSR's networks): sample scores on "
+                         "every case")
+    ap.add_argument("--lsr-pixel-cases", type=int, default=0, metavar="K",
+                    help="with --lsr, their pixel maps on the first K cases of each kind and as many normal "
+                         "cases as keep the set's share of normals (LSR's pixel task takes minutes a case on a CPU)")
+    ap.add_argument("--restorations", type=int, default=15, help="LSR's restorations (default: 15)")
     ap.add_argument("--card", action="store_true", help="write the summary into the weights card")
     ap.add_argument("--picture-dir", type=Path, default=None, help="also copy the pictures here")
     args = ap.parse_args()
@@ -162,20 +188,35 @@ def main() -> int:
     largest = {k: max((n for n, c in cases.items() if c["kind"] == k), key=lambda n: cases[n]["n_changed"])
                for k in kinds}
 
+    lsr_pixel: set[str] = set()
+    if args.lsr and args.lsr_pixel_cases:
+        k = args.lsr_pixel_cases
+        lsr_pixel = {n for kind in kinds for n in sorted(n for n, c in cases.items() if c["kind"] == kind)[:k]}
+        lsr_pixel |= set(sorted(normals)[:max(1, round(len(lsr_pixel) * len(normals) / (len(cases) - len(normals))))])
+
     models: dict[str, dict] = {}
+    others: dict[str, dict] = {}  # LSR and the fusion: every kind counts (no task trained them)
     weights = {"shipped": args.weights, **{p.name: p for p in args.folds}}
     for name, folder in weights.items():
         tasks = trained_tasks(folder)
-        keep = set(largest.values()) if name == "shipped" else set()
-        scored = score_cases(folder, args.region, region_dir, cases, keep, args.work / "maps" / name)
-        per_kind = {k: {**group_metrics(scored, cases, [n for n, c in cases.items() if c["kind"] == k] + normals),
-                        "counts": counts_for(k, tasks)} for k in kinds}
-        untaught = [n for n, c in cases.items() if c["kind"] is not None and counts_for(c["kind"], tasks)]
-        models[name] = {"tasks": list(tasks), "kinds": per_kind,
-                        "all": group_metrics(scored, cases, list(cases)),
-                        "untaught": group_metrics(scored, cases, untaught + normals) if untaught else None,
-                        "case_scores": {n: round(s["sample"], 6) for n, s in scored.items()}}
-        print(f"{name} ({', '.join(tasks)}): all cases pixel AP {models[name]['all']['pixel_ap']:.4f}", flush=True)
+        shipped = name == "shipped"
+        methods = score_cases(folder, args.region, region_dir, cases, set(largest.values()) if shipped else set(),
+                              args.work / "maps" / name, lsr=args.lsr and shipped,
+                              lsr_pixel=lsr_pixel if shipped else set(), restorations=args.restorations)
+        for method, scored in methods.items():
+            taught = tasks if method == "localiser" else ()
+            per_kind = {k: {**group_metrics(scored, cases, [n for n, c in cases.items() if c["kind"] == k] + normals),
+                            "counts": counts_for(k, taught)} for k in kinds}
+            untaught = [n for n, c in cases.items() if c["kind"] is not None and counts_for(c["kind"], taught)]
+            record = {"tasks": list(taught), "kinds": per_kind, "all": group_metrics(scored, cases, list(cases)),
+                      "untaught": group_metrics(scored, cases, untaught + normals) if untaught else None,
+                      "case_scores": {n: round(s["sample"], 6) for n, s in scored.items()}}
+            if method == "localiser":
+                models[name] = record
+            else:
+                others[method] = record
+            print(f"{name} {method}: all cases {json.dumps({k: round(v, 4) for k, v in record['all'].items()})}",
+                  flush=True)
 
     # Each kind's number that counts: the shipped model's if untaught, else the first fold's that is.
     honest = {}
@@ -209,17 +250,21 @@ def main() -> int:
         "kind_teachers": {k: list(KIND_TEACHERS[k]) for k in kinds},
         "honest": honest,
         "models": {m: {k: v for k, v in r.items() if k != "case_scores"} for m, r in models.items()},
+        **({"lsr_and_fusion": {m: {k: v for k, v in r.items() if k != "case_scores"} for m, r in others.items()},
+            "lsr_pixel_cases": sorted(lsr_pixel)} if others else {}),
         "correlation_with_training_heads": correlations,
         "pictures": {k: str(p) for k, p in pictures.items()},
         "seconds": round(time.perf_counter() - start, 1),
     }
     write_json(args.work / f"{args.region}_localiser_validation.json",
-               {**summary, "case_scores": {m: r["case_scores"] for m, r in models.items()}})
+               {**summary, "case_scores": {m: r["case_scores"] for m, r in {**models, **others}.items()}})
     if args.card:
         card = read_card(args.weights)
         card.info.setdefault("validation", {})["localiser"] = summary
         write_card(args.weights, card)
     print(table(models, kinds))
+    if others:
+        print(table(others, kinds))
     print("counts:", json.dumps({k: (v["model"], round(v.get("pixel_ap", float("nan")), 4)) for k, v in honest.items()}))
     if correlations:
         print("correlations:", json.dumps(correlations))

@@ -9,16 +9,19 @@ import pytest
 import torch
 
 from mood.config import tiny_preset
+from mood.localiser import UNet
 from mood.method.networks import VQVAE, PixelSNAIL
 from mood.method.weights import Card, save_models
 
 
-def make_weights(directory: Path, region: str, seed: int = 0, **card_kwargs) -> Path:
+def make_weights(directory: Path, region: str, seed: int = 0, localiser: bool = True, **card_kwargs) -> Path:
+    """Tiny random weights of ``region`` in ``directory/region``: LSR's two networks and (unless
+    ``localiser=False``) the localiser's U-Net."""
     torch.manual_seed(seed)
     cfg = tiny_preset(region)
     out = directory / region
     save_models(out, Card(cfg, info={"note": "random tiny test weights"}, **card_kwargs),
-                VQVAE(cfg.vqvae), PixelSNAIL(cfg.prior))
+                VQVAE(cfg.vqvae), PixelSNAIL(cfg.prior), localiser=UNet(cfg.localiser) if localiser else None)
     return out
 
 

@@ -162,3 +162,85 @@ def test_nothing_happens_at_import(tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "0o640"
     assert (tmp_path / "a.json").read_text() == '{\n  "x": 1\n}\n'
+
+
+# -- the localiser's options ----------------------------------------------------------------------
+TRAIN_LOCALISER = ["train", "localiser", "--region", "brain", "--data", "d", "--out", "o"]
+
+
+@pytest.mark.parametrize("argv, says", [
+    (TRAIN_LOCALISER + ["--crop", "16"], "apply to LSR's networks, not the localiser"),
+    (TRAIN_LOCALISER + ["--vqvae", "v"], "apply to LSR's networks, not the localiser"),
+    (TRAIN_LOCALISER + ["--width", "0.5"], "apply to LSR's networks, not the localiser"),
+    (TRAIN_LOCALISER + ["--prior-channels", "8"], "apply to LSR's networks, not the localiser"),
+    (TRAIN_LOCALISER + ["--codebook-update", "ema"], "apply to LSR's networks, not the localiser"),
+    (["train", "vqvae", "--region", "brain", "--data", "d", "--out", "o", "--label-sigma", "0.2"],
+     "--image-size apply to the localiser"),
+    (["train", "vqvae", "--region", "brain", "--data", "d", "--out", "o", "--tasks", "intensity"],
+     "--image-size apply to the localiser"),
+    (["train", "prior", "--region", "brain", "--data", "d", "--out", "o", "--vqvae", "v", "--channels", "4,8"],
+     "--image-size apply to the localiser"),
+    (["train", "vqvae", "--region", "brain", "--data", "d", "--out", "o", "--image-size", "64"],
+     "--image-size apply to the localiser"),
+    (TRAIN_LOCALISER + ["--tasks", "intensity,blur"], "unknown task(s) ['blur']"),
+    (TRAIN_LOCALISER + ["--tasks", ","], "unknown task"),
+    (TRAIN_LOCALISER + ["--channels", "8"], "at least two"),
+    (TRAIN_LOCALISER + ["--channels", "8,0"], "must be a positive integer"),
+    (["sample", "-i", "in", "-o", "out", "--method", "vae"], "invalid choice: 'vae'"),
+])
+def test_localiser_usage_errors_exit_2(argv, says, capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    assert says in capsys.readouterr().err
+
+
+def test_train_localiser_passes_its_options_on(monkeypatch, capsys):
+    """`mood train localiser`: --tasks, --label-sigma and --average reach its settings, --channels
+    and --image-size its architecture."""
+    import mood.training
+    from mood.training import TrainSettings
+
+    calls = []
+    monkeypatch.setattr(mood.training, "train_localiser", lambda *a, **kw: calls.append((a, kw)) or Path(a[2]))
+    assert main(TRAIN_LOCALISER + ["--tasks", "intensity, deformation", "--label-sigma", "0.2", "--average", "0.9",
+                                   "--channels", "4,8,8", "--image-size", "32", "--tiny", "--steps", "5"]) == 0
+    (args, kw), = calls
+    assert args == ("brain", Path("d"), Path("o")) and kw["channels"] == (4, 8, 8) and kw["image_size"] == 32
+    assert kw["tiny"] is True
+    assert kw["settings"] == TrainSettings(tasks=("intensity", "deformation"), label_sigma=0.2, average=0.9, steps=5)
+    assert "weights written to o" in capsys.readouterr().err
+    calls.clear()
+    assert main(TRAIN_LOCALISER) == 0
+    (_, kw), = calls
+    assert kw["settings"] == TrainSettings() and kw["channels"] is None and kw["image_size"] is None
+
+
+@pytest.mark.parametrize("command", [["sample", "-i", "in", "-o", "out"], ["pixel", "-i", "in", "-o", "out"],
+                                     ["demo"]])
+def test_mood_method_sets_the_default_method(command, monkeypatch):
+    monkeypatch.delenv("MOOD_METHOD", raising=False)
+    assert build_parser().parse_args(command).method == "auto"
+    monkeypatch.setenv("MOOD_METHOD", "lsr")
+    assert build_parser().parse_args(command).method == "lsr"
+    assert build_parser().parse_args(command + ["--method", "localiser"]).method == "localiser"  # the flag wins
+    monkeypatch.setenv("MOOD_METHOD", "")
+    assert build_parser().parse_args(command).method == "auto"
+
+
+@pytest.mark.parametrize("command", [["sample", "-i", "in", "-o", "out"], ["demo"]])
+def test_an_invalid_mood_method_is_a_usage_error(command, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("MOOD_METHOD", "bogus")
+    with pytest.raises(SystemExit) as caught:
+        main(command)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert "MOOD_METHOD='bogus' is not a method" in err and "localiser" in err
+    # an explicit valid --method overrides the variable: the call is not refused
+    from mood.cli import check_arguments
+
+    parser = build_parser()
+    args = parser.parse_args(command + ["--method", "lsr"])
+    args._extra = []
+    check_arguments(parser, args)
+    assert args.method == "lsr"

@@ -32,7 +32,7 @@ def run(random_weights, tmp_path_factory):
     # machine threads waiting for each other would make this test many times slower
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OMP_NUM_THREADS", "1")
-        report = demo(out, weights=random_weights, device="cpu", say=lines.append, **TINY)
+        report = demo(out, weights=random_weights, device="cpu", say=lines.append, method="lsr", **TINY)
     return report, "\n".join(lines), out
 
 
@@ -75,10 +75,30 @@ def test_demo_writes_toy_set_predictions_pictures_and_json(run):
         ("brain", "sample", 0, 3), ("brain", "pixel", 0, 3)]
     settings = report["demo"]
     assert (settings["count"], settings["size"], settings["slices"], settings["restorations"]) == (3, [24] * 3, 4, 2)
+    assert settings["method"] == "lsr" and report["extra_args"]["sample"][-2:] == ["--slices", "4"]
     assert sum(c["kind"] is None for c in settings["cases"].values()) == 1
     assert all(0.0 <= c["sample_score"] < 1.0 for c in settings["cases"].values())
     assert report["extra_args"]["pixel"][-2:] == ["--restorations", "2"]
     assert "--restorations" not in report["extra_args"]["sample"]
+
+
+def test_demo_scores_with_the_localiser_by_default(random_weights, tmp_path):
+    """Weights holding a localiser and no card method: "auto" picks the localiser, which scores
+    every plane (no --slices) and says so."""
+    lines: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        report = demo(tmp_path / "out", weights=random_weights, device="cpu", say=lines.append, **TINY)
+    text = "\n".join(lines)
+    assert succeeded(report["results"]), text
+    assert report["demo"]["method"] == "localiser"
+    assert "scored by the localiser on every one of its 24 axial planes" in text and "4 slices" not in text
+    for task in ("sample", "pixel"):
+        args = report["extra_args"][task]
+        assert args[args.index("--method") + 1] == "localiser" and "--slices" not in args
+    assert [(r["task"], r["returncode"], r["n_cases"]) for r in report["results"]] == [
+        ("sample", 0, 3), ("pixel", 0, 3)]
+    assert all(0.0 <= c["sample_score"] < 1.0 for c in report["demo"]["cases"].values())
 
 
 def test_missing_weights_say_so_and_exit_non_zero(tmp_path, monkeypatch, capsys):
@@ -113,8 +133,8 @@ def test_weights_without_a_prior_are_refused_before_any_work(random_weights, tmp
     shutil.copytree(random_weights, partial)
     for shard in partial.glob("prior-*.safetensors"):
         shard.unlink()
-    with pytest.raises(WeightsError, match="no prior weights"):
-        demo(tmp_path / "out", weights=partial, **TINY)
+    with pytest.raises(WeightsError, match="method .lsr. needs the prior network"):
+        demo(tmp_path / "out", weights=partial, method="lsr", **TINY)
     assert not (tmp_path / "out").exists()
 
 

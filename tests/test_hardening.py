@@ -309,15 +309,16 @@ def _check_corpus_run(task: str, corpus: Path, out: Path, code: int, err: str, r
             assert raw_pred[code_name] == raw_src[code_name], (case.name, code_name)
 
 
+@pytest.mark.parametrize("method", ["lsr", "localiser"])
 @pytest.mark.parametrize("task", ["sample", "pixel"])
-def test_corpus(task, corpus, tmp_path, tiny_weights, fast_weights, unreadable_denied, capsys, caplog):
+def test_corpus(task, method, corpus, tmp_path, tiny_weights, fast_weights, unreadable_denied, capsys, caplog):
     caplog.set_level("INFO", logger="mood")
     before = _snapshot(corpus)
     out = tmp_path / "out"
     weights = tiny_weights if task == "sample" else fast_weights
     options = ["--slices", "3", "-q"] if task == "sample" else FAST
     code = main([task, "-i", str(corpus), "-o", str(out), "--region", "brain",
-                 "--weights", str(weights), *options])
+                 "--weights", str(weights), "--method", method, *options])
     records = [r for r in caplog.records if r.name == "mood"]
     _check_corpus_run(task, corpus, out, code, capsys.readouterr().err, records)
     assert _snapshot(corpus) == before  # inputs untouched
@@ -353,7 +354,7 @@ def test_unexpected_exception_in_one_case_does_not_stop_the_run(tmp_path, tiny_w
     monkeypatch.setattr(Detector, "score_sample", flaky)
     out = tmp_path / "out"
     code = main(["sample", "-i", str(_two_cases(tmp_path / "in")), "-o", str(out), "--region", "brain",
-                 "--weights", str(tiny_weights), "--slices", "3", "-q"])
+                 "--weights", str(tiny_weights), "--slices", "3", "--method", "lsr", "-q"])
     err = capsys.readouterr().err.splitlines()
     assert code == 1
     assert err[0].endswith("a.nii.gz: unexpected TypeError: something nobody planned for")
@@ -361,15 +362,17 @@ def test_unexpected_exception_in_one_case_does_not_stop_the_run(tmp_path, tiny_w
     assert os.listdir(out) == ["b.nii.gz.txt"]
 
 
+@pytest.mark.parametrize("method", ["lsr", "localiser"])
 @pytest.mark.parametrize("bad", [float("nan"), 1.5, -0.25])
-def test_a_score_outside_0_1_is_never_written(bad, tmp_path, tiny_weights, monkeypatch, capsys):
-    monkeypatch.setattr(Detector, "score_sample", lambda self, volume, n=None: bad)
-    monkeypatch.setattr(Detector, "score_pixel",
-                        lambda self, volume, *a: np.full(volume.shape, bad, np.float32))
+def test_a_score_outside_0_1_is_never_written(bad, method, tmp_path, tiny_weights, monkeypatch, capsys):
+    for name in ("score_sample", "localiser_sample"):
+        monkeypatch.setattr(Detector, name, lambda self, volume, n=None: bad)
+    for name in ("score_pixel", "localiser_pixel"):
+        monkeypatch.setattr(Detector, name, lambda self, volume, *a: np.full(volume.shape, bad, np.float32))
     for task in ("sample", "pixel"):
         out = tmp_path / task
         code = main([task, "-i", str(_two_cases(tmp_path / f"in-{task}")), "-o", str(out),
-                     "--region", "brain", "--weights", str(tiny_weights), "-q"])
+                     "--region", "brain", "--weights", str(tiny_weights), "--method", method, "-q"])
         err = capsys.readouterr().err
         assert code == 1 and err.count("internal error: scores in") == 2, err
         assert "scored 0 of 2 volume(s), 2 failed" in err
@@ -433,7 +436,7 @@ def test_same_input_and_seed_give_identical_bytes_across_processes(tmp_path, tin
     folder.mkdir()
     _img((GOOD * 3000).astype(np.int16), OBLIQUE, slope_inter=(1 / 3000, 0.0))(folder / "v.nii.gz")
     args = {task: [task, "-i", str(folder), "--region", "brain", "--weights", str(weights),
-                   "--seed", "11", "--slices", "3", "-q"]
+                   "--seed", "11", "--slices", "3", "--method", "lsr", "-q"]
             for task, weights in (("sample", fast_weights), ("pixel", tiny_weights))}
     args["pixel"] += ["--restorations", "1"]
     for task in ("sample", "pixel"):
@@ -534,12 +537,13 @@ def test_remove_stale_temporaries_touches_only_its_own_files(tmp_path):
 
 
 # -- thin volumes -------------------------------------------------------------------------------
-def test_pixel_with_fewer_than_three_slices(tmp_path, fast_weights, capsys):
+@pytest.mark.parametrize("method", ["lsr", "localiser"])
+def test_pixel_with_fewer_than_three_slices(method, tmp_path, fast_weights, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
     _img(GOOD[:, :, :2])(folder / "thin.nii.gz")
     code = main(["pixel", "-i", str(folder), "-o", str(tmp_path / "out"), "--region", "brain",
-                 "--weights", str(fast_weights), "--restorations", "1", "-q"])
+                 "--weights", str(fast_weights), "--restorations", "1", "--method", method, "-q"])
     assert code == 0, capsys.readouterr().err
 
 

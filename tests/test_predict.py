@@ -49,13 +49,14 @@ def test_sample_cli(case_dir, tmp_path, tiny_weights, capsys):
     assert {p: p.read_bytes() for p in case_dir.iterdir()} == before  # inputs untouched
 
 
-def test_pixel_cli_shapes_affines_and_determinism(case_dir, tmp_path, tiny_weights):
+@pytest.mark.parametrize("method", ["lsr", "localiser"])
+def test_pixel_cli_shapes_affines_and_determinism(case_dir, tmp_path, tiny_weights, method):
     outs = []
     for run in range(2):
         out = tmp_path / f"out{run}"
         code = main(["pixel", "-i", str(case_dir), "-o", str(out), "--region", "brain",
                      "--weights", str(tiny_weights), "--device", "cpu", "--restorations", "3",
-                     "--seed", "5", "-q"])
+                     "--seed", "5", "--method", method, "-q"])
         assert code == 1
         assert _listing(out) == ["a.nii.gz", "b c.nii"]
         outs.append(out)

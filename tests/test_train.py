@@ -276,7 +276,7 @@ def test_finer_cells_and_fewer_codes_reach_the_prior_and_the_detector(heads, tmp
     s = det.slices(volume, n_slices=2)
     codes = det.encode(s)
     assert codes.shape[-2:] == (16, 16) and int(codes.max()) < 8
-    scores = det.score(volume, "pixel")
+    scores = det.score(volume, "pixel", "lsr")
     assert scores.shape == volume.shape and np.isfinite(scores).all()
 
 

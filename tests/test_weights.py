@@ -88,3 +88,54 @@ def test_score_map_is_monotone_and_below_one():
     x = torch.tensor([0.0, 1e-6, 1.0, 2.0, 1e3, 1e9], dtype=torch.float64)
     y = m(x)
     assert torch.all(y[1:] > y[:-1]) and float(y[-1]) < 1.0 and float(y[3]) == 0.5
+
+
+def test_localiser_round_trip_and_cards_from_before_it(tmp_path):
+    from mood.config import region_preset
+    from mood.localiser import UNet
+    from mood.method.weights import has_model, load_localiser
+
+    d = make_weights(tmp_path, "brain", localiser_sample_map=ScoreMap(0.25), localiser_pixel_map=ScoreMap(2.0),
+                     method="fusion")
+    card = read_card(d)
+    assert card.config.localiser == tiny_preset("brain").localiser
+    assert (card.localiser_sample_map, card.localiser_pixel_map) == (ScoreMap(0.25), ScoreMap(2.0))
+    assert card.method == "fusion"
+    assert all(has_model(d, stem) for stem in ("vqvae", "prior", "localiser")) and not has_model(d, "other")
+    torch.manual_seed(0)  # make_weights draws the VQ-VAE, the prior, then the localiser
+    VQVAE(card.config.vqvae), PixelSNAIL(card.config.prior)
+    ref = UNet(card.config.localiser).state_dict()
+    loaded = load_localiser(d).state_dict()
+    assert ref.keys() == loaded.keys() and all(torch.equal(ref[k], loaded[k]) for k in ref)
+    # a card written before the localiser: the region's preset localiser, identity maps, no method
+    raw = json.loads((d / "card.json").read_text())
+    del raw["config"]["localiser"], raw["method"]
+    for key in ("localiser_sample_map", "localiser_pixel_map"):
+        del raw["calibration"][key]
+    (d / "card.json").write_text(json.dumps(raw))
+    old = read_card(d)
+    assert old.config.localiser == region_preset("brain").localiser
+    assert old.localiser_sample_map == old.localiser_pixel_map == ScoreMap(1.0) and old.method is None
+    assert old.config.vqvae == card.config.vqvae
+    # whose localiser then no longer matches the card: refused with the usual explanation
+    with pytest.raises(WeightsError, match="localiser weights .* do not match"):
+        load_localiser(d)
+
+
+def test_export_copies_whichever_networks_a_folder_holds(tmp_path):
+    from mood.method.weights import has_model, load_localiser
+    from mood.training import export_weights
+
+    full = make_weights(tmp_path / "a", "brain")
+    only = tmp_path / "b" / "brain"
+    save_models(only, read_card(full), None, None, localiser=load_localiser(full))
+    for src in (full, only):
+        dst = export_weights(src, tmp_path / "out" / src.parent.name, dtype=torch.float16)
+        for stem in ("vqvae", "prior", "localiser"):
+            assert has_model(dst, stem) == has_model(src, stem), (src, stem)
+        assert read_card(dst).info["storage_dtype"] == "float16"
+        a, b = load_localiser(src).state_dict(), load_localiser(dst).state_dict()
+        for k in a:
+            expected = a[k].half().to(a[k].dtype) if a[k].is_floating_point() else a[k]
+            assert torch.equal(b[k], expected), k
+    assert not has_model(tmp_path / "out" / "b", "vqvae")

@@ -18,6 +18,9 @@ from torch import nn
 
 from ..config import LocaliserConfig
 
+#: The output's initial bias: log-odds of about 1 %.
+INITIAL_LOGIT = -4.6
+
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(
@@ -35,6 +38,9 @@ class UNet(nn.Module):
         self.down = nn.ModuleList([_block(2, ch[0])] + [_block(a, b) for a, b in zip(ch[:-1], ch[1:])])
         self.up = nn.ModuleList([_block(b + a, a) for a, b in zip(ch[:-1], ch[1:])])
         self.head = nn.Conv2d(ch[0], 1, 1)
+        # anomalies cover about 1 % of the training pixels: start there, not at p = 0.5, so that
+        # the first steps learn where anomalies are instead of that most pixels are normal
+        nn.init.constant_(self.head.bias, INITIAL_LOGIT)
 
     def forward(self, x: torch.Tensor, coord: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % 2**self.config.levels or x.shape[-2] % 2**self.config.levels:

@@ -61,6 +61,13 @@ NEEDS = {"localiser": ("localiser",), "lsr": ("vqvae", "prior"), "reconstruction
          "fusion": ("localiser", "vqvae", "prior")}
 
 
+def fuse(localiser: float | np.ndarray, lsr: float | np.ndarray) -> float | np.ndarray:
+    """The fusion of the two methods' calibrated outputs (a sample score or a voxel map): their mean."""
+    if isinstance(localiser, np.ndarray):
+        return ((localiser + lsr) / 2).astype(np.float32)
+    return (localiser + lsr) / 2
+
+
 class Detector:
     """Scores volumes of one region with the networks its weights folder holds (eval mode): LSR's
     VQ-VAE and PixelSNAIL prior, the localiser's U-Net, or all three."""
@@ -205,9 +212,8 @@ class Detector:
         method = self.resolve(method)
         self.require(method)
         if method == "fusion":
-            loc = self.score(volume, task, "localiser")
-            lsr = self.score(volume, task, "lsr", n_slices, restorations, seed)
-            return (loc + lsr) / 2 if task == "sample" else ((loc + lsr) / 2).astype(np.float32)
+            return fuse(self.score(volume, task, "localiser"),
+                        self.score(volume, task, "lsr", n_slices, restorations, seed))
         if task == "sample":
             return {"localiser": self.localiser_sample, "lsr": self.score_sample,
                     "reconstruction": self.baseline_sample}[method](volume, n_slices)

@@ -26,7 +26,9 @@ class WeightAverage:
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
-        """Average in ``model``'s weights after 0-based step ``step``."""
+        """Average in ``model``'s weights after 0-based step ``step`` (the average follows the model
+        to its device)."""
+        self.model.to(next(model.parameters()).device)
         decay = min(self.decay, (1 + step) / (10 + step))
         for avg, p in zip(self.model.parameters(), model.parameters()):
             avg.lerp_(p.detach().to(avg.dtype), 1 - decay)

@@ -21,6 +21,7 @@ import torch
 from ..config import RegionConfig
 from ..localiser.unet import UNet
 from ..method.networks import VQVAE, PixelSNAIL
+from ..method.scoring import ScoreMap
 from ..method.weights import Card, has_model, load_localiser, load_prior, load_vqvae, read_card, save_models
 from .codebook import CODEBOOK_REMEDY
 from .data import provenance
@@ -79,12 +80,12 @@ def save_trained_prior(info: dict[str, Any], *, out: Path, config: RegionConfig,
 def save_trained_localiser(info: dict[str, Any], *, out: Path, config: RegionConfig, model: UNet,
                            init_from: Path | None) -> None:
     """``out``: the localiser with a card whose ``training.localiser`` is ``info``. A card already in
-    ``out`` (e.g. a folder with LSR's networks) keeps its networks, calibration and record; only
-    the localiser's architecture, weights and record are replaced."""
+    ``out`` (e.g. a folder with LSR's networks) keeps its networks, LSR's calibration and its record;
+    the localiser's architecture, weights and record are replaced and its calibration reset."""
     if init_from is not None:
         info = {**info, "init_from": init_note(init_from, "localiser")}
     if (Path(out) / "card.json").is_file():
-        card = read_card(out)
+        card = reset_localiser_calibration(read_card(out))
         card.config = replace(card.config, localiser=config.localiser)
         card.info = {**card.info, "training": {**card.info.get("training", {}), "localiser": info}}
     else:
@@ -118,6 +119,15 @@ def export_weights(src: Path, dst: Path, dtype: torch.dtype = torch.float32,
     return Path(dst)
 
 
+def reset_localiser_calibration(card: Card) -> Card:
+    """``card`` with the localiser's maps and calibration record reset (a new localiser's scores
+    are not the old one's)."""
+    calibration = {k: v for k, v in card.info.get("calibration", {}).items() if k != "localiser"}
+    return replace(card, localiser_sample_map=ScoreMap(), localiser_pixel_map=ScoreMap(),
+                   info={**card.info, "calibration": calibration} if calibration else
+                   {k: v for k, v in card.info.items() if k != "calibration"})
+
+
 def add_localiser(src: Path, dst: Path, dtype: torch.dtype = torch.float16,
                   info: dict[str, Any] | None = None) -> Path:
     """The localiser of ``src`` (and its training record) into the weights folder ``dst``, stored as
@@ -127,8 +137,8 @@ def add_localiser(src: Path, dst: Path, dtype: torch.dtype = torch.float16,
     if src_card.config.region != card.config.region:
         raise ValueError(f"{src} holds a {src_card.config.region} localiser, {dst} {card.config.region} weights")
     localiser = load_localiser(src, src_card)
+    card = reset_localiser_calibration(card)
     card.config = replace(card.config, localiser=src_card.config.localiser)
-    card.localiser_sample_map = card.localiser_pixel_map = type(card.localiser_sample_map)()
     training = {**card.info.get("training", {}), "localiser": src_card.info["training"]["localiser"]}
     card.info = {**card.info, "training": training, **(info or {})}
     save_models(dst, card, None, None, dtype=dtype, localiser=localiser)
