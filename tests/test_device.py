@@ -53,7 +53,8 @@ def test_payload_check_says_when_the_data_is_missing(tmp_path):
 
 
 def test_hide_and_restore_the_weight_shards(tmp_path):
-    """In a repository of the same layout: the shards leave the index and are ignored, then come back."""
+    """In a repository of the same layout: the shards and the campaign snapshots leave the index and
+    are ignored, then come back."""
     repo = tmp_path / "repo"
     (repo / "scripts").mkdir(parents=True)
     (repo / "weights" / "brain").mkdir(parents=True)
@@ -61,6 +62,8 @@ def test_hide_and_restore_the_weight_shards(tmp_path):
     (repo / "requirements.txt").write_text("nibabel==5.4.2\n")
     (repo / "weights" / "brain" / "card.json").write_text("{}")
     (repo / "weights" / "brain" / "vqvae-00001-of-00001.safetensors").write_bytes(b"0" * 100)
+    (repo / "campaign" / "brain").mkdir(parents=True)
+    (repo / "campaign" / "brain" / "state.json").write_text("{}")
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
@@ -72,13 +75,16 @@ def test_hide_and_restore_the_weight_shards(tmp_path):
     hide = _sh("scripts/device_payload.sh", "--hide-weights", cwd=repo)
     assert hide.returncode == 0, hide.stderr
     assert "safetensors" not in git("ls-files") and "weights/brain/card.json" in git("ls-files")
+    assert "campaign" not in git("ls-files")
     assert "safetensors" not in git("ls-files", "--others", "--exclude-standard")  # untracked and ignored
+    assert "campaign" not in git("ls-files", "--others", "--exclude-standard")
     assert (repo / "weights" / "brain" / "vqvae-00001-of-00001.safetensors").is_file()  # still on disk
     assert _sh("scripts/device_payload.sh", "--hide-weights", cwd=repo).returncode == 0  # twice is fine
     restore = _sh("scripts/device_payload.sh", "--restore-weights", cwd=repo)
     assert restore.returncode == 0, restore.stderr
     assert git("ls-files") == tracked and git("status", "--porcelain") == ""
     assert "safetensors" not in (repo / ".git" / "info" / "exclude").read_text()
+    assert "campaign" not in (repo / ".git" / "info" / "exclude").read_text()
 
 
 def _card_with(tmp_path: Path, name: str, pixel_ap: float, sample_auroc: float, cases: int = 12) -> Path:
