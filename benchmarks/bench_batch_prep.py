@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from bench_train_precision import cpu_name  # noqa: E402
-from mood.method.networks import VQVAE  # noqa: E402
+from mood.lsr.networks import VQVAE  # noqa: E402
 from mood.training.batches import BatchStream  # noqa: E402
 from mood.training.codebook import CodebookState  # noqa: E402
 from mood.training.data import load_bank  # noqa: E402

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from mood.config import region_preset
-from mood.method.networks import PixelSNAIL, code_nll
-from mood.method.restoration import draw_uniforms, restore, restore_reference
+from mood.lsr.networks import PixelSNAIL, code_nll
+from mood.lsr.restoration import draw_uniforms, restore, restore_reference
 from mood.volumes.volume_io import write_json
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from mood.config import narrow, region_preset, resize_prior  # noqa: E402
-from mood.method.networks import VQVAE, PixelSNAIL  # noqa: E402
+from mood.lsr.networks import VQVAE, PixelSNAIL  # noqa: E402
 from mood.training.codebook import CodebookState  # noqa: E402
 from mood.training.distributed import Dist  # noqa: E402
 from mood.training.settings import TrainSettings  # noqa: E402

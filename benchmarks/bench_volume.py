@@ -60,9 +60,9 @@ nib.save(nib.Nifti1Image(data, img.affine), sys.argv[2])
 def random_weights(region: str, volume: np.ndarray, out: Path) -> Path:
     import torch
 
-    from mood.method.detector import Detector
+    from mood.detection.detector import Detector
     from mood.training import init_weights
-    from mood.method.weights import read_card, write_card
+    from mood.detection.weights import read_card, write_card
 
     init_weights(region, out / region)
     det = Detector.load(region, out, device="cpu")

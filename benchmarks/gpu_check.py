@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_volume import SHAPES, phantom  # noqa: E402
 
 from mood.config import PriorConfig  # noqa: E402
-from mood.method.detector import Detector  # noqa: E402
-from mood.method.networks import PixelSNAIL, code_nll  # noqa: E402
-from mood.method.restoration import draw_uniforms, restore, restore_reference  # noqa: E402
+from mood.detection.detector import Detector  # noqa: E402
+from mood.lsr.networks import PixelSNAIL, code_nll  # noqa: E402
+from mood.lsr.restoration import draw_uniforms, restore, restore_reference  # noqa: E402
 from mood.volumes.volume_io import write_json  # noqa: E402
 
 
@@ -70,7 +70,7 @@ def agreement(out: dict, dev: torch.device) -> None:
 def timings(out: dict, restorations: int, dev: torch.device, shapes: dict[str, tuple[int, int, int]],
             n_slices: int | None = None, root: Path = Path("weights")) -> None:
     from mood.training import init_weights
-    from mood.method.weights import read_card, write_card
+    from mood.detection.weights import read_card, write_card
 
     for region, shape in shapes.items():
         vol = torch.from_numpy(phantom(shape))

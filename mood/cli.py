@@ -531,7 +531,7 @@ HANDLERS = {"sample": _run_predict, "pixel": _run_predict, "report": _run_report
 def expected_failure(exc: BaseException) -> bool:
     """Whether ``exc`` is a failure the user can act on (bad input, missing weights, file system),
     as opposed to a bug: the former end in one line and exit 1, the latter keep their traceback."""
-    weights = sys.modules.get(f"{__package__}.method.weights")  # loaded whenever a WeightsError was raised
+    weights = sys.modules.get(f"{__package__}.detection.weights")  # loaded whenever a WeightsError was raised
     return isinstance(exc, (ValueError, OSError)) or (weights is not None and isinstance(exc, weights.WeightsError))
 
 

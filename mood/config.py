@@ -143,7 +143,7 @@ class RegionConfig:
     challenge_shape: tuple[int, int, int]
     #: "mri" (percentile scaling) or "ct" (Hounsfield window) when converting other volumes.
     modality: str
-    #: The value :func:`mood.method.slicing.normalise` gives the background (air, outside the body).
+    #: The value :func:`mood.common.slicing.normalise` gives the background (air, outside the body).
     background: float
     #: Normalised intensities mapped to [0, 1] by augmentation's colour transforms.
     augment_range: tuple[float, float]

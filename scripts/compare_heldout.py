@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from mood.method.weights import read_card  # noqa: E402
+from mood.detection.weights import read_card  # noqa: E402
 from mood.validation.bootstrap import load_case_scores, paired_bootstrap  # noqa: E402
 
 #: (method, task, metric) rows; the first two decide

@@ -38,7 +38,7 @@ from mood.config import is_tiny  # noqa: E402
 from mood.training import export_weights  # noqa: E402
 from mood.training.export import add_localiser  # noqa: E402
 from mood.training.data import provenance  # noqa: E402
-from mood.method.weights import read_card  # noqa: E402
+from mood.detection.weights import read_card  # noqa: E402
 
 
 def licences(data: Path) -> dict[str, str]:

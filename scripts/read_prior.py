@@ -52,7 +52,7 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mood.method.detector import Detector  # noqa: E402
+from mood.detection.detector import Detector  # noqa: E402
 from mood.validation.stages import (Coded, body_encodings, code_separation, coded, context_gain, encoder_view,  # noqa: E402
                                    nearest_normal, nll_on_anomaly, pooled_auroc, rise_over_clean, surprise_on_anomaly)
 from mood.validation.show import ensure_mpl_config  # noqa: E402

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mood.method.weights import load_vqvae, read_card  # noqa: E402
+from mood.detection.weights import load_vqvae, read_card  # noqa: E402
 from mood.training.data import fixed_batch, load_bank  # noqa: E402
 from mood.validation.show import ensure_mpl_config  # noqa: E402
 

@@ -58,7 +58,7 @@ import json, sys
 from pathlib import Path
 import torch
 from mood.training import export_weights
-from mood.method.weights import read_card
+from mood.detection.weights import read_card
 runs = Path(sys.argv[1])
 LICENCES = {
     "mni152_2009a_t1_template.nii.gz": "MNI ICBM licence (free use with copyright notice); from the PyPI nilearn wheel",
@@ -109,7 +109,7 @@ import sys
 from pathlib import Path
 import torch
 from mood.training import export_weights
-from mood.method.weights import read_card
+from mood.detection.weights import read_card
 runs = Path(sys.argv[1])
 shipped = read_card(Path("weights/brain")).info
 export_weights(runs / "brain" / "ft", Path("weights/brain"), dtype=torch.float16,

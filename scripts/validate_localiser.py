@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from validate_weights import compact_png, toy_set  # noqa: E402
 
 from mood.config import KIND_TEACHERS, TRAINING_TASKS  # noqa: E402
-from mood.method.detector import Detector, fuse  # noqa: E402
-from mood.method.weights import read_card, write_card  # noqa: E402
+from mood.detection.detector import Detector, fuse  # noqa: E402
+from mood.detection.weights import read_card, write_card  # noqa: E402
 from mood.validation.metrics import Float16Histogram, ScoreCounts, auroc, average_precision, summarise  # noqa: E402
 from mood.validation.show import show  # noqa: E402
 from mood.validation.toy import MANIFEST  # noqa: E402

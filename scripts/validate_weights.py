@@ -48,7 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from mood.config import METHODS, region_preset  # noqa: E402
-from mood.method.detector import Detector  # noqa: E402
+from mood.detection.detector import Detector  # noqa: E402
 from mood.validation.bootstrap import read_case_scores, save_case_scores  # noqa: E402
 from mood.validation.stages import (Row, code_separation, context_gain, draw_stages, nll_on_anomaly, planes_to_draw,  # noqa: E402
                                     restoration_on_normal)
@@ -56,7 +56,7 @@ from mood.validation.show import show  # noqa: E402
 from mood.validation.toy import MANIFEST, make_toy  # noqa: E402
 from mood.validation.validate import validate  # noqa: E402
 from mood.volumes.volume_io import load_volume, write_json  # noqa: E402
-from mood.method.weights import read_card, write_card  # noqa: E402
+from mood.detection.weights import read_card, write_card  # noqa: E402
 
 METRICS = ("ap", "auroc", "best_dice")
 

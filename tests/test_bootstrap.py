@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mood.method.weights import read_card, write_card
+from mood.detection.weights import read_card, write_card
 from mood.validation.bootstrap import (load_case_scores, paired_bootstrap, pixel_ap, read_case_scores, sample_auroc,
                                       save_case_scores)
 from mood.validation.metrics import ScoreCounts, average_precision, pixel_metrics, sample_metrics

@@ -7,7 +7,7 @@ import pytest
 
 from mood.training.calibrate import calibrate
 from mood.training import init_weights
-from mood.method.weights import read_card
+from mood.detection.weights import read_card
 
 
 def _head(seed: int, shape=(40, 40, 24)) -> np.ndarray:
@@ -52,7 +52,7 @@ def test_calibrate_writes_card(tmp_path, monkeypatch):
 def test_calibration_uses_the_detectors_public_stages_once_per_volume(tmp_path, monkeypatch):
     """Thresholds and the sample map share one pass over each volume's scored slices; the pixel
     map a second one at ``n_slices``; the loaded detector's card is never changed in place."""
-    from mood.method.detector import Detector
+    from mood.detection.detector import Detector
 
     data, weights = _holdout_and_weights(tmp_path, monkeypatch)
     calls, cards = [], []
@@ -79,7 +79,7 @@ def test_calibration_uses_the_detectors_public_stages_once_per_volume(tmp_path, 
 
 
 def test_score_maps_are_fitted_in_scoring():
-    from mood.method.scoring import ScoreMap, fit_pixel_map, fit_sample_map
+    from mood.common.maps import ScoreMap, fit_pixel_map, fit_sample_map
 
     assert fit_sample_map([1.0, 2.5], margin=2.0) == ScoreMap(5.0)
     assert fit_sample_map([0.0, 0.0], margin=2.0) == ScoreMap(1.0)  # all normal scores 0: identity scale
@@ -92,7 +92,7 @@ def test_calibrate_fits_the_localisers_sample_map(tmp_path, monkeypatch):
     its sample statistics on the normal volumes (every plane), and those raw values are recorded;
     calibrating one method keeps the other's calibration."""
     from mood.localiser import sample_statistic
-    from mood.method.detector import Detector
+    from mood.detection.detector import Detector
 
     data, weights = _holdout_and_weights(tmp_path, monkeypatch)
     det = Detector.load("brain", weights, "cpu")

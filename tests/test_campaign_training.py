@@ -15,15 +15,15 @@ import pytest
 import torch
 
 from mood.config import tiny_preset
-from mood.method.networks import VQVAE, PixelSNAIL
-from mood.method.networks.vqvae import rotated_to
+from mood.lsr.networks import VQVAE, PixelSNAIL
+from mood.lsr.networks.vqvae import rotated_to
 from mood.training import Dist, learning_rate, load_checkpoint, save_checkpoint, train_prior, train_vqvae
 from mood.training.codebook import CodebookState, ema_update
 from mood.training.data import SliceBank, draw_batch, random_crops, sample_batch, tissue_planes
 from mood.training.settings import TrainSettings
 from mood.training.snapshot import restore_snapshot, save_snapshot
 from mood.training.steps import codes_of, evaluate_prior, evaluate_vqvae
-from mood.method.weights import load_prior, load_vqvae
+from mood.detection.weights import load_prior, load_vqvae
 
 from test_train import SHAPE, _kw, _log, write_heads
 

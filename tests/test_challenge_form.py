@@ -9,7 +9,7 @@ import torch
 
 from mood.config import region_preset
 from mood.volumes.convert import ensure_challenge_form, to_challenge_form
-from mood.method.detector import Detector
+from mood.detection.detector import Detector
 from mood.training.data import load_bank
 from mood.volumes.volume_io import load_volume
 

@@ -12,7 +12,7 @@ from mood.cli import main
 from mood.validation.demo import MARKER, demo, prepare_output
 from mood.training import init_weights
 from mood.validation.validate import succeeded
-from mood.method.weights import WeightsError
+from mood.detection.weights import WeightsError
 
 TINY = dict(count=3, normals=1, size=24, slices=4, restorations=2)
 
@@ -174,7 +174,7 @@ def test_defaults_match_the_documented_sizes():
 @pytest.mark.slow
 def test_default_demo_with_the_installed_weights(tmp_path, capsys):
     """The README's first command as a user runs it (a few minutes on a 2-core CPU): `-m slow`."""
-    from mood.method.weights import default_weights_dir
+    from mood.detection.weights import default_weights_dir
 
     if not (default_weights_dir("brain") / "card.json").is_file():
         pytest.skip("no brain weights installed")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mood.method.weights import read_card, write_card
+from mood.detection.weights import read_card, write_card
 
 from conftest import make_weights
 

@@ -13,8 +13,8 @@ import torch
 from safetensors import safe_open
 
 from mood.config import RegionConfig, narrow, region_preset, tiny_preset
-from mood.method.networks import VQVAE, PixelSNAIL
-from mood.method.weights import Card, read_card, save_models
+from mood.lsr.networks import VQVAE, PixelSNAIL
+from mood.detection.weights import Card, read_card, save_models
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "export_weights.py"
 

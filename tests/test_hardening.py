@@ -33,7 +33,7 @@ import pytest
 from nibabel.openers import ImageOpener
 
 from mood.cli import main
-from mood.method.detector import Detector
+from mood.detection.detector import Detector
 from mood.running.predict import printable
 from mood.volumes.volume_io import remove_stale_temporaries
 

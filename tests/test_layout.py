@@ -6,11 +6,11 @@ import mood
 
 PACKAGE = Path(mood.__file__).resolve().parent
 #: Stages in the order data flows; the top-level entry points (command line, re-exports) may use all.
-ORDER = ["config", "volumes", "method", "running", "training", "validation"]
+ORDER = ["config", "volumes", "common", "lsr", "localiser", "detection", "running", "training", "validation"]
 
 
 def stage(module: str) -> int:
-    """``mood.method.weights`` -> the index of its stage; top-level modules outside ORDER go last."""
+    """``mood.detection.weights`` -> the index of its stage; top-level modules outside ORDER go last."""
     parts = module.split(".")
     return ORDER.index(parts[1]) if len(parts) > 1 and parts[1] in ORDER else len(ORDER)
 
@@ -42,7 +42,7 @@ def test_stages_import_only_earlier_stages():
 
 def test_documented_import_paths():
     from mood.detector import Detector
-    from mood.method.detector import Detector as moved
+    from mood.detection.detector import Detector as moved
     from mood.training import TrainSettings, train_prior, train_vqvae  # noqa: F401
 
     assert Detector is moved

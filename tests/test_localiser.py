@@ -14,8 +14,8 @@ import torch
 
 from mood.config import METHODS, LocaliserConfig
 from mood.localiser import UNet, probabilities, sample_statistic
-from mood.method.detector import Detector
-from mood.method.weights import Card, WeightsError, has_model, load_localiser, read_card, save_models
+from mood.detection.detector import Detector
+from mood.detection.weights import Card, WeightsError, has_model, load_localiser, read_card, save_models
 from mood.training import train_localiser
 from mood.training.average import WeightAverage
 
@@ -251,7 +251,7 @@ def test_training_a_localiser_into_lsr_weights_keeps_them(heads, cache, tmp_path
     card = read_card(out)
     card.info["training"] = {"vqvae": {"steps": 7}, "prior": {"steps": 9}}
     card.method = "lsr"
-    from mood.method.weights import write_card
+    from mood.detection.weights import write_card
 
     write_card(out, card)
     shards = {p.name: p.read_bytes() for p in out.glob("*.safetensors")}
@@ -273,8 +273,8 @@ def test_training_a_localiser_into_lsr_weights_keeps_them(heads, cache, tmp_path
 def test_a_new_localiser_resets_the_old_ones_calibration(heads, cache, tmp_path):
     """A retrained localiser's scores are not the old one's: its maps and calibration record go;
     LSR's calibration stays."""
-    from mood.method.scoring import ScoreMap
-    from mood.method.weights import write_card
+    from mood.common.maps import ScoreMap
+    from mood.detection.weights import write_card
 
     out = make_weights(tmp_path / "w", "brain", lambda_s=4.0, lambda_p=2.0)
     card = read_card(out)

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from mood.config import PriorConfig, region_preset, tiny_preset
-from mood.method.networks import VQVAE, PixelSNAIL
-from mood.method.networks.pixelsnail import CausalAttention, GatedResBlock, MaskedConv2d, PixelBlock, down_shift
+from mood.lsr.networks import VQVAE, PixelSNAIL
+from mood.lsr.networks.pixelsnail import CausalAttention, GatedResBlock, MaskedConv2d, PixelBlock, down_shift
 
 
 def n_params(m: torch.nn.Module) -> int:

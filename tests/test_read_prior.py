@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mood.method.weights import load_prior
+from mood.detection.weights import load_prior
 from mood.validation.toy import make_toy
 
 from conftest import head_phantom, make_weights, write_nifti

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from mood.config import PriorConfig
-from mood.method.networks import PixelSNAIL, code_nll
-from mood.method.restoration import draw_uniforms, inverse_cdf_sample, restore, restore_reference
+from mood.lsr.networks import PixelSNAIL, code_nll
+from mood.lsr.restoration import draw_uniforms, inverse_cdf_sample, restore, restore_reference
 
 CASES = {  # brain-like (attention down-sampled, 7x7 first kernel) and abdomen-like priors
     "brain": PriorConfig(n_codes=12, latent_size=8, channels=12, n_blocks=2, n_res_blocks=1,
@@ -113,7 +113,7 @@ def test_uniforms_are_reproducible():
 @pytest.mark.parametrize("region", sorted(CASES))
 def test_rowwise_logits_equal_the_full_pass(region):
     """Row by row from cached context gives the full network's logits (float64 rounding only)."""
-    from mood.method.networks.rowwise import RowwisePrior
+    from mood.lsr.networks.rowwise import RowwisePrior
 
     cfg = CASES[region]
     prior = random_prior(cfg, torch.float64, seed=1)

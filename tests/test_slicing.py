@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mood.config import region_preset
-from mood.method.slicing import (body_mask, extract_slices, foreground_stats, normalise, relative_position,
+from mood.common.slicing import (body_mask, extract_slices, foreground_stats, normalise, relative_position,
                           slice_grid, slices_to_volume)
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from mood.method.detector import Detector
-from mood.method.slicing import cell_share
+from mood.detection.detector import Detector
+from mood.common.slicing import cell_share
 from mood.validation.stages import (Row, body_encodings, coded, context_gain, draw_stages, encoder_view, nearest_normal,
                                     nll_on_anomaly, planes_to_draw, restoration_on_normal, rise_over_clean, stage_images,
                                     surprise_on_anomaly)

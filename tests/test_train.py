@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from mood.config import tiny_preset
-from mood.method.networks import VQVAE
+from mood.lsr.networks import VQVAE
 from mood.training import (
     Dist,
     code_stats,
@@ -36,7 +36,7 @@ from mood.training.data import (
     split_files,
     volume_to_bank,
 )
-from mood.method.weights import load_prior, load_vqvae, read_card
+from mood.detection.weights import load_prior, load_vqvae, read_card
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPE = (48, 48, 32)
@@ -103,7 +103,7 @@ def test_split_and_banks(heads, tmp_path):
 
 def test_bank_matches_inference_pipeline():
     """Every plane of the bank is what extract_slices + normalise give at inference."""
-    from mood.method.slicing import extract_slices, normalise, slice_grid
+    from mood.common.slicing import extract_slices, normalise, slice_grid
 
     cfg = tiny_preset("brain")
     vol = make_head(0)
@@ -263,7 +263,7 @@ def test_finer_cells_and_fewer_codes_reach_the_prior_and_the_detector(heads, tmp
     """--cell/--codes build the VQ-VAE's latent; the prior learns that grid of that many codes, and
     the scoring pipeline runs on it unchanged."""
     from mood.config import relatent
-    from mood.method.detector import Detector
+    from mood.detection.detector import Detector
 
     vq = train_vqvae("brain", heads, tmp_path / "vq", steps=1, cell=4, codes=8, **_kw(tmp_path))
     config = read_card(vq).config

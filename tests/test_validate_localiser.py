@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mood.config import KIND_TEACHERS, TRAINING_TASKS
-from mood.method.weights import read_card, write_card
+from mood.detection.weights import read_card, write_card
 from mood.validation.anomalies import KINDS
 
 from conftest import head_phantom, make_weights, write_nifti

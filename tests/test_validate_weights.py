@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mood.method.weights import read_card, write_card
+from mood.detection.weights import read_card, write_card
 from mood.validation.bootstrap import load_case_scores, pixel_ap
 from mood.validation.toy import MANIFEST
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from mood.config import tiny_preset
-from mood.method.detector import Detector, resolve_weights
-from mood.method.networks import VQVAE, PixelSNAIL
-from mood.method.scoring import ScoreMap
-from mood.method.weights import MAX_SHARD_BYTES, Card, WeightsError, load_prior, load_vqvae, read_card, save_models
+from mood.detection.detector import Detector, resolve_weights
+from mood.lsr.networks import VQVAE, PixelSNAIL
+from mood.common.maps import ScoreMap
+from mood.detection.weights import MAX_SHARD_BYTES, Card, WeightsError, load_prior, load_vqvae, read_card, save_models
 
 from conftest import make_weights
 
@@ -38,7 +38,7 @@ def test_defaults_when_card_has_no_thresholds(tmp_path):
 
 
 def test_fp16_storage_and_shards(tmp_path, monkeypatch):
-    monkeypatch.setattr("mood.method.weights.MAX_SHARD_BYTES", 20_000)
+    monkeypatch.setattr("mood.detection.weights.MAX_SHARD_BYTES", 20_000)
     cfg = tiny_preset("brain")
     vq, prior = VQVAE(cfg.vqvae), PixelSNAIL(cfg.prior)
     save_models(tmp_path, Card(cfg), vq, prior, dtype=torch.float16)
@@ -93,7 +93,7 @@ def test_score_map_is_monotone_and_below_one():
 def test_localiser_round_trip_and_cards_from_before_it(tmp_path):
     from mood.config import region_preset
     from mood.localiser import UNet
-    from mood.method.weights import has_model, load_localiser
+    from mood.detection.weights import has_model, load_localiser
 
     d = make_weights(tmp_path, "brain", localiser_sample_map=ScoreMap(0.25), localiser_pixel_map=ScoreMap(2.0),
                      method="fusion")
@@ -123,7 +123,7 @@ def test_localiser_round_trip_and_cards_from_before_it(tmp_path):
 
 
 def test_export_copies_whichever_networks_a_folder_holds(tmp_path):
-    from mood.method.weights import has_model, load_localiser
+    from mood.detection.weights import has_model, load_localiser
     from mood.training import export_weights
 
     full = make_weights(tmp_path / "a", "brain")

@@ -1,6 +1,6 @@
 """The localiser's network: a small 2-D U-Net from a normalised slice to one logit per pixel.
 
-In: slices ``x`` (B, S, S) (the networks' intensity scale, :func:`mood.method.slicing.normalise`)
+In: slices ``x`` (B, S, S) (the networks' intensity scale, :func:`mood.common.slicing.normalise`)
 and their relative positions ``coord`` (B, 1). Out: logits (B, S, S); ``sigmoid(logit)`` is the
 probability that the pixel was changed by an anomaly. ``S`` must be a multiple of
 ``2**config.levels``.

@@ -22,8 +22,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..config import DEFAULT_IN_FLIGHT, DEFAULT_METHOD, METHODS, REGIONS, TASKS, region_of_shape
-from ..method.detector import DEFAULT_RESTORATIONS, Detector
-from ..method.weights import WeightsError
+from ..detection.detector import DEFAULT_RESTORATIONS, Detector
+from ..detection.weights import WeightsError
 from ..volumes.volume_io import (DEFAULT_MAX_VOXELS, InputError, Volume, is_nifti_name, list_inputs,
                                  load_volume, output_path, remove_stale_temporaries, round_to_float16_,
                                  write_scores_nifti, write_text)
@@ -103,7 +103,7 @@ def predict(task: str, input: str | Path, output: str | Path, *, region: str = "
 
     ``sample`` writes ``<name>.txt`` with one score in [0, 1); ``pixel`` writes ``<name>``, a NIfTI
     of the input's shape and affine with voxel scores in [0, 1), by ``method``
-    (:data:`mood.config.METHODS`; :meth:`mood.method.detector.Detector.score`).
+    (:data:`mood.config.METHODS`; :meth:`mood.detection.detector.Detector.score`).
     With ``shard`` only that shard's inputs are scored (the same bytes as in an unsharded run: the
     seed applies to every volume alike, whatever its position). At most ``in_flight`` volumes are
     held at once, read ahead of and written behind the one being scored.

@@ -17,9 +17,9 @@ Out: the same directory's ``card.json`` with
 
 Each part runs when the weights hold its networks (LSR's two, the localiser).
 
-Raw scores come from the public stages of :class:`mood.method.detector.Detector` (``nll``,
+Raw scores come from the public stages of :class:`mood.detection.detector.Detector` (``nll``,
 ``pixel_raw``) with the new thresholds, exactly as at inference; the maps are fitted by
-:func:`mood.method.scoring.fit_sample_map` and :func:`mood.method.scoring.fit_pixel_map`. Pixel
+:func:`mood.common.maps.fit_sample_map` and :func:`mood.common.maps.fit_pixel_map`. Pixel
 raw scores need restorations (slow on a CPU), so they use ``n_slices`` slices and
 ``restorations`` restorations per volume; the thresholds and the sample map use the
 inference default number of slices.
@@ -33,13 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..common import maps
+from ..common.slicing import body_mask
+from ..detection.detector import Detector, resolve_weights
+from ..detection.weights import Card, write_card
 from ..localiser import sample_statistic
-from ..method import scoring
+from ..lsr import scoring
 from ..volumes.convert import ensure_challenge_form
-from ..method.detector import Detector, resolve_weights
-from ..method.slicing import body_mask
 from ..volumes.volume_io import READABLE_SUFFIXES, list_inputs
-from ..method.weights import Card, write_card
 
 
 def calibrate(region: str, data: Path, weights: Path, *, device: str = "auto",
@@ -84,8 +85,8 @@ def calibrate(region: str, data: Path, weights: Path, *, device: str = "auto",
 def _calibrate_localiser(det: Detector, vols: list[np.ndarray], sample_margin: float) -> tuple[Card, dict]:
     """The localiser's sample map from its statistic on every plane of each normal volume."""
     raw = [sample_statistic(det.localiser_raw(v)[0]) for v in vols]
-    card = replace(det.card, localiser_sample_map=scoring.fit_sample_map(raw, sample_margin),
-                   localiser_pixel_map=scoring.ScoreMap(1.0))
+    card = replace(det.card, localiser_sample_map=maps.fit_sample_map(raw, sample_margin),
+                   localiser_pixel_map=maps.ScoreMap(1.0))
     return card, {"sample": {"raw": [round(r, 6) for r in raw], "margin": sample_margin,
                              "scale": card.localiser_sample_map.scale}}
 
@@ -103,7 +104,7 @@ def _calibrate_lsr(det: Detector, vols: list[np.ndarray], *, n_slices: int | Non
     # 2. sample map from the raw sample scores of the same codes with the new lambda_s
     sample_raw = [scoring.sample_raw_score(n, lambda_s) for n in nlls]
     card = replace(det.card, lambda_s=lambda_s, lambda_p=lambda_p,
-                   sample_map=scoring.fit_sample_map(sample_raw, sample_margin))
+                   sample_map=maps.fit_sample_map(sample_raw, sample_margin))
     s_scale = card.sample_map.scale
 
     # 3. pixel map from the raw voxel scores inside the body, restored with the new lambda_p
@@ -116,7 +117,7 @@ def _calibrate_lsr(det: Detector, vols: list[np.ndarray], *, n_slices: int | Non
             raw, s = det.pixel_raw(v, n_slices, restorations, seed + i)
             values.append(raw[body_mask(s.x, det.config)].double().cpu())
         pv = torch.cat(values).numpy()
-        card = replace(card, pixel_map=scoring.fit_pixel_map(pv, pixel_scale_percentile))
+        card = replace(card, pixel_map=maps.fit_pixel_map(pv, pixel_scale_percentile))
         pixel_info = {"n_slices": n_slices, "restorations": restorations, "voxels": int(pv.size),
                       "raw_p50": float(np.percentile(pv, 50)) if pv.size else None,
                       "raw_p99": float(np.percentile(pv, 99)) if pv.size else None,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..method.networks import VQVAE
+from ..lsr.networks import VQVAE
 from .data import SliceBank, draw_batch
 from .distributed import Dist, all_reduce
 from .settings import TrainSettings

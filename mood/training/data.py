@@ -31,8 +31,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .augment import AugmentConfig, augment
+from ..common.slicing import SliceGrid, extract_slices, normalise, slice_grid
 from ..config import RegionConfig
-from ..method.slicing import SliceGrid, extract_slices, normalise, slice_grid
 from ..volumes.volume_io import READABLE_SUFFIXES, atomic_write, list_inputs
 
 #: Bump when the bank contents change meaning (invalidates caches). 2: volumes already in

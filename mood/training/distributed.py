@@ -32,7 +32,7 @@ class Dist:
 
 def setup_distributed(device: str) -> Dist:
     """Initialise DDP from torchrun's environment (if present) and pick this process's device."""
-    from ..method.device import resolve_device
+    from ..common.device import resolve_device
 
     dev = resolve_device(device)
     if dev.type == "cuda":

@@ -1,6 +1,6 @@
 """Models -> weights folders: a trained model's card with its provenance, random weights, copies.
 
-Out: weights folders in the format of :mod:`mood.method.weights` (``card.json`` + safetensors shards).
+Out: weights folders in the format of :mod:`mood.detection.weights` (``card.json`` + safetensors shards).
 
 - :func:`save_trained_vqvae`, :func:`save_trained_prior`, :func:`save_trained_localiser`: what the
   loop exports when the holdout improves (the card records the run: data by folder name and
@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
+from ..common.maps import ScoreMap
 from ..config import RegionConfig
+from ..detection.weights import Card, has_model, load_localiser, load_prior, load_vqvae, read_card, save_models
 from ..localiser.unet import UNet
-from ..method.networks import VQVAE, PixelSNAIL
-from ..method.scoring import ScoreMap
-from ..method.weights import Card, has_model, load_localiser, load_prior, load_vqvae, read_card, save_models
+from ..lsr.networks import VQVAE, PixelSNAIL
 from .codebook import CODEBOOK_REMEDY
 from .data import provenance
 from .settings import model_config
@@ -108,7 +108,7 @@ def export_weights(src: Path, dst: Path, dtype: torch.dtype = torch.float32,
                    info: dict[str, Any] | None = None) -> Path:
     """Copy a weights directory (card and the models it holds) to ``dst``, stored as ``dtype``;
     ``info`` is merged into the card's ``info``. Shards stay below the size limit of
-    :mod:`mood.method.weights`."""
+    :mod:`mood.detection.weights`."""
     card = read_card(src)
     lsr = has_model(src, "vqvae")
     vq = load_vqvae(src, card) if lsr else None

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..common.device import cpu_has_bfloat16
 from ..config import RegionConfig, is_tiny
-from ..method.device import cpu_has_bfloat16
 from .batches import BatchStream
 from .checkpoints import (append_log, checkpoint_dir, load_checkpoint, prepare_run_folder, rounded, save_checkpoint,
                           truncate_log)

@@ -4,7 +4,7 @@ a region's data with synthetic anomalies -> localiser weights.
 In: a folder of volumes (any grid; converted to challenge form once and cached), a region, and
 :class:`TrainSettings` (given whole, or field by field as keyword overrides of its defaults).
 Out: a weights directory (``card.json`` + safetensors shards, loadable with
-:func:`mood.method.weights.load_vqvae` / :func:`mood.method.weights.load_prior`) and, beside the weights,
+:func:`mood.detection.weights.load_vqvae` / :func:`mood.detection.weights.load_prior`) and, beside the weights,
 ``train/<model>/`` with the resumable checkpoint and the JSON-lines loss log.
 
 Each function builds its model and a :class:`Recipe` (start, step, evaluation, export as plain
@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from ..config import LocaliserConfig, RegionConfig, is_tiny, resize_prior
+from ..detection.weights import Card, load_localiser, load_prior, load_vqvae, read_card
 from ..localiser.unet import UNet
-from ..method.networks import VQVAE, PixelSNAIL
-from ..method.weights import Card, load_localiser, load_prior, load_vqvae, read_card
+from ..lsr.networks import VQVAE, PixelSNAIL
 from .average import WeightAverage
 from .codebook import CodebookState, init_codebook
 from .data import SliceBank, default_cache

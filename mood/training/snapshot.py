@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from ..volumes.volume_io import atomic_write, write_json
 from .checkpoints import LEGACY_FILES, checkpoint_dir
-from ..method.weights import load_vqvae, read_card, save_models
+from ..detection.weights import load_vqvae, read_card, save_models
 
 KINDS = ("vqvae", "prior", "localiser")
 #: what the step carries, stored as: the VQ-VAE's codebook statistics exactly, the localiser's

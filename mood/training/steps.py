@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..common.slicing import body_mask, cell_share
 from ..config import RegionConfig
 from ..localiser.unet import UNet
-from ..method.networks import VQVAE, PixelSNAIL, vq_losses
-from ..method.slicing import body_mask, cell_share
+from ..lsr.networks import VQVAE, PixelSNAIL, vq_losses
 from .codebook import CodebookState, code_stats, ema_update, reseed_dead_codes, restart_ema
 from .data import chunks
 from .distributed import Dist, all_reduce

@@ -8,7 +8,7 @@
    one untouched normal;
 2. runs the ``sample`` and ``pixel`` tasks on it with the brain weights and the method their card names
    (the localiser: every plane; LSR: ``slices`` slices, ``restorations`` restorations) (``weights/brain``, or
-   ``$MOOD_WEIGHTS/brain``, as :func:`mood.method.weights.default_weights_dir` resolves them, or ``weights``);
+   ``$MOOD_WEIGHTS/brain``, as :func:`mood.detection.weights.default_weights_dir` resolves them, or ``weights``);
 3. scores the predictions exactly as the challenge's evaluator does (:func:`mood.validation.validate.validate`:
    average precision, plus AUROC and best Dice), gives the table and draws one picture per case.
 
@@ -38,7 +38,7 @@ wall time on a heavily shared one. On a busy machine ``OMP_NUM_THREADS=1`` is fa
 default of one thread per core: with the default, the same run took 442 s there even with weights
 that resample almost no codes.
 
-Without installed weights (no ``card.json``) it raises :class:`mood.method.weights.WeightsError` with a
+Without installed weights (no ``card.json``) it raises :class:`mood.detection.weights.WeightsError` with a
 one-line message that says what to do, before any work. It returns the report that it also writes
 to ``results.json``; its progress and table go to ``say`` (``mood demo`` passes ``print``).
 """
@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..config import region_preset
-from ..method.detector import DEFAULT_RESTORATIONS
+from ..detection.detector import DEFAULT_RESTORATIONS
 from .validate import TASKS, format_table, succeeded
 from ..volumes.volume_io import write_json, write_text
 
@@ -90,11 +90,11 @@ def _no_weights_message(reason: str) -> str:
 def check_weights(weights: Path | None, method: str = "auto") -> tuple[Path, dict[str, Any], str]:
     """The brain weights folder the demo will use, and its card's ``info``, after loading both models.
 
-    ``weights`` None means the installed default (:func:`mood.method.weights.default_weights_dir`).
-    Raises :class:`mood.method.weights.WeightsError` with a message that says what is missing and what to do.
+    ``weights`` None means the installed default (:func:`mood.detection.weights.default_weights_dir`).
+    Raises :class:`mood.detection.weights.WeightsError` with a message that says what is missing and what to do.
     """
-    from ..method.detector import Detector, resolve_weights
-    from ..method.weights import WeightsError, default_weights_dir
+    from ..detection.detector import Detector, resolve_weights
+    from ..detection.weights import WeightsError, default_weights_dir
 
     if weights is None:
         directory = default_weights_dir(REGION)
@@ -221,7 +221,7 @@ def demo(output: Path = Path("mood-demo"), weights: Path | None = None, device: 
         output: folder for everything the demo writes (created; a rerun replaces an earlier demo's
             files; any other non-empty folder is refused).
         weights: brain weights folder (or a root with ``brain/``); default
-            :func:`mood.method.weights.default_weights_dir`.
+            :func:`mood.detection.weights.default_weights_dir`.
         device: ``auto``, ``cpu`` or ``cuda``, for the predictions.
         count, normals: cases, of which ``normals`` are left untouched.
         size: side of the cubic volumes (the challenge's brain volumes are 256).
@@ -237,7 +237,7 @@ def demo(output: Path = Path("mood-demo"), weights: Path | None = None, device: 
         The report written to ``results.json`` (``results``: validate's rows for both tasks;
         :func:`mood.validation.validate.succeeded` tells whether both ran and were scored). Raises
         ``ValueError`` for bad settings or an output folder it may not use and
-        :class:`mood.method.weights.WeightsError` without usable weights, both before any work.
+        :class:`mood.detection.weights.WeightsError` without usable weights, both before any work.
     """
     from .toy import make_toy
 

@@ -1,6 +1,6 @@
 """A picture of what the networks make of held-out slices: the check that numbers alone do not give.
 
-In: a :class:`mood.method.detector.Detector`, and rows of (volume, voxel scores, label) of held-out
+In: a :class:`mood.detection.detector.Detector`, and rows of (volume, voxel scores, label) of held-out
 cases with the planes to draw. Out: one PNG, a row per plane, in the networks' own frame (the
 normalised ``size`` x ``size`` slice that the VQ-VAE encodes, a0 down, a1 across):
 
@@ -29,9 +29,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..method.detector import Detector, Slices
-from ..method.networks.pixelsnail import code_nll
-from ..method.slicing import SliceGrid, body_mask, cell_share, extract_slices, normalise
+from ..common.slicing import SliceGrid, body_mask, cell_share, extract_slices, normalise
+from ..detection.detector import Detector, Slices
+from ..lsr.networks.pixelsnail import code_nll
 from .metrics import ScoreCounts, auroc
 from .show import ensure_mpl_config
 
@@ -137,7 +137,7 @@ def nll_on_anomaly(det: Detector, volume: np.ndarray | Coded, label: np.ndarray,
     float64 values of the cells mostly inside the label and of the body's cells it does not touch.
 
     A cell is the patch of the slice that one code stands for; the label and the body are resampled
-    as the volume is (:func:`mood.method.slicing.extract_slices`), then averaged over each cell.
+    as the volume is (:func:`mood.common.slicing.extract_slices`), then averaged over each cell.
     """
     s, codes, _ = coded(det, volume, n_slices)
     nll = det.code_nll(codes, s.coord)  # (S, L, L)

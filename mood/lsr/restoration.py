@@ -71,7 +71,7 @@ def restore(prior: PixelSNAIL, codes: torch.Tensor, coord: torch.Tensor, uniform
     """Same result as :func:`restore_reference` at about one prior pass per restoration.
 
     Grid row r is evaluated row-wise from cached activations of the rows above
-    (:class:`~mood.method.networks.rowwise.RowwisePrior`). A restoration's logits for row r stay valid
+    (:class:`~mood.lsr.networks.rowwise.RowwisePrior`). A restoration's logits for row r stay valid
     until one of its own codes changes (positions after the current one still hold the input
     codes, and logits never depend on later positions), so from one evaluation every decision of
     the row is made up to the first change; only the restorations that changed are evaluated

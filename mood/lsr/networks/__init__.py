@@ -1,4 +1,4 @@
-"""The two networks of the method: a slice VQ-VAE and a PixelSNAIL prior over its codes."""
+"""The two networks of LSR: a slice VQ-VAE and a PixelSNAIL prior over its codes."""
 from .pixelsnail import PixelSNAIL, code_nll
 from .vqvae import VQVAE, Quantised, vq_losses
 

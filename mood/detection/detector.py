@@ -5,7 +5,7 @@ Pipelines (one way each):
 - localiser: volume -> every plane (slicing) -> per-pixel probabilities (U-Net) -> volume grid
   (slicing) -> calibrated [0, 1); the sample score is a statistic of the probabilities;
 - LSR: volume -> scored slices (slicing) -> codes (VQ-VAE) -> NLL / restorations (prior) -> scores
-  (scoring) -> volume grid (slicing) -> calibrated [0, 1) (scoring.ScoreMap);
+  (scoring) -> volume grid (slicing) -> calibrated [0, 1) (maps.ScoreMap);
 - fusion: the mean of the two calibrated outputs.
 
 :meth:`Detector.score` is the one entry point for a task and a method (:data:`mood.config.METHODS`);
@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import scoring
+from ..common import maps
+from ..common.device import resolve_device
+from ..common.slicing import SliceGrid, extract_slices, normalise, slice_grid, slices_to_volume
 from ..config import METHODS, TASKS
 from ..localiser import UNet, probabilities, sample_statistic
-from .device import resolve_device
-from .networks import VQVAE, PixelSNAIL, code_nll
-from .restoration import draw_uniforms, restore, unique_states
-from .slicing import SliceGrid, extract_slices, normalise, slice_grid, slices_to_volume
+from ..lsr import scoring
+from ..lsr.networks import VQVAE, PixelSNAIL, code_nll
+from ..lsr.restoration import draw_uniforms, restore, unique_states
 from .weights import (Card, WeightsError, default_weights_dir, has_model, load_localiser, load_prior, load_vqvae,
                       read_card)
 
@@ -272,9 +273,9 @@ class Detector:
     def baseline_sample(self, volume: np.ndarray | torch.Tensor, n_slices: int | None = None) -> float:
         """Reconstruction-error baseline: the mean error over the scored slices, mapped into [0, 1)."""
         err = self.reconstruction_error(self.slices(volume, n_slices))
-        return float(scoring.BASELINE_MAP(err.double().mean()))
+        return float(maps.BASELINE_MAP(err.double().mean()))
 
     def baseline_pixel(self, volume: np.ndarray | torch.Tensor, n_slices: int | None = None) -> np.ndarray:
         """Reconstruction-error baseline: the voxel error on the input's grid, mapped into [0, 1)."""
         s = self.slices(volume, n_slices)
-        return slices_to_volume(scoring.BASELINE_MAP(self.reconstruction_error(s)), s.grid)
+        return slices_to_volume(maps.BASELINE_MAP(self.reconstruction_error(s)), s.grid)

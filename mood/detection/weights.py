@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..common.maps import ScoreMap
 from ..config import RegionConfig
-from .networks import VQVAE, PixelSNAIL
-from .scoring import ScoreMap
 from ..localiser.unet import UNet
+from ..lsr.networks import VQVAE, PixelSNAIL
 from ..volumes.volume_io import write_json
 
 FORMAT_VERSION = 1

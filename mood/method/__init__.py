@@ -1,1 +1,0 @@
-"""The method: volume -> slices -> codes -> restorations -> scores, for one region's weights."""
