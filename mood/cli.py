@@ -457,7 +457,8 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     card = calibrate(args.region, args.data, args.weights, device=args.device, n_slices=args.slices,
                      restorations=args.restorations, seed=args.seed,
                      parts=("localiser", "lsr") if args.networks == "all" else (args.networks,))
-    done = card.info["calibration"]
+    done = ("localiser", "lsr") if args.networks == "all" else (args.networks,)
+    done = [part for part in done if part in card.info["calibration"]]
     if "localiser" in done:
         print(f"localiser: sample scale={card.localiser_sample_map.scale:.4g} -> {args.weights}")
     if "lsr" in done:
