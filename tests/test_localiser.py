@@ -19,7 +19,7 @@ from mood.detection.weights import Card, WeightsError, has_model, load_localiser
 from mood.training import train_localiser
 from mood.training.average import WeightAverage
 
-from conftest import head_phantom, make_weights, write_nifti
+from conftest import head_phantom, make_head, make_weights, write_nifti
 
 TINY = LocaliserConfig(channels=(4, 8, 8), image_size=32)
 SHAPE = (40, 40, 24)  # the heads' grid, and the challenge form they are brought to
@@ -149,23 +149,11 @@ def test_weight_average_forgets_the_random_start_in_its_first_steps():
 
 
 # -- training end to end --------------------------------------------------------------------------
-def make_head(seed: int, shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
-    """An ellipsoid 'head' in [0, 1]: a bright shell, smoothly textured inside, background 0."""
-    rng = np.random.default_rng(seed)
-    z0, z1, z2 = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij")
-    r = np.sqrt(((z0 - shape[0] / 2) / (0.42 * shape[0])) ** 2 + ((z1 - shape[1] / 2) / (0.38 * shape[1])) ** 2
-                + ((z2 - shape[2] / 2) / (0.45 * shape[2])) ** 2)
-    vol = np.where(r < 1, 0.45 + 0.1 * np.sin(z0 / 3 + seed) * np.cos(z1 / 4), 0.0)
-    vol = np.where((r > 0.85) & (r < 1), 0.9, vol)
-    vol = vol + (r < 1) * rng.normal(0, 0.02, shape)
-    return np.clip(vol, 0, 1).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def heads(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("heads")
     for i in range(3):
-        nib.save(nib.Nifti1Image(make_head(i), np.eye(4)), str(folder / f"head{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(make_head(i, SHAPE), np.eye(4)), str(folder / f"head{i}.nii.gz"))
     return folder
 
 

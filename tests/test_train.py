@@ -38,28 +38,17 @@ from mood.training.data import (
 )
 from mood.detection.weights import load_prior, load_vqvae, read_card
 
+from conftest import make_head
+
 ROOT = Path(__file__).resolve().parent.parent
 SHAPE = (48, 48, 32)
 S = tiny_preset("brain").vqvae.image_size
 
 
-def make_head(seed: int, shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
-    """An ellipsoid 'head' in [0, 1]: bright shell, textured inside, background 0."""
-    rng = np.random.default_rng(seed)
-    a0, a1, a2 = (np.arange(n, dtype=np.float32) for n in shape)
-    z0, z1, z2 = np.meshgrid(a0, a1, a2, indexing="ij")
-    r = np.sqrt(((z0 - shape[0] / 2) / (0.42 * shape[0])) ** 2 + ((z1 - shape[1] / 2) / (0.38 * shape[1])) ** 2
-                + ((z2 - shape[2] / 2) / (0.45 * shape[2])) ** 2)
-    vol = np.where(r < 1, 0.45 + 0.1 * np.sin(z0 / 3 + seed) * np.cos(z1 / 4), 0.0)
-    vol = np.where((r > 0.85) & (r < 1), 0.9, vol)
-    vol = vol + (r < 1) * rng.normal(0, 0.02, shape)
-    return np.clip(vol, 0, 1).astype(np.float32)
-
-
 def write_heads(folder: Path, n: int = 3) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        nib.save(nib.Nifti1Image(make_head(i), np.eye(4)), str(folder / f"head{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(make_head(i, SHAPE), np.eye(4)), str(folder / f"head{i}.nii.gz"))
     return folder
 
 
@@ -106,7 +95,7 @@ def test_bank_matches_inference_pipeline():
     from mood.common.slicing import extract_slices, normalise, slice_grid
 
     cfg = tiny_preset("brain")
-    vol = make_head(0)
+    vol = make_head(0, SHAPE)
     bank = volume_to_bank(vol, cfg, "v")
     grid = slice_grid(vol.shape, 8)
     t = torch.from_numpy(vol)

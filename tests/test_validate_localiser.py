@@ -6,7 +6,6 @@ import importlib.util
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from mood.config import KIND_TEACHERS, TRAINING_TASKS
 from mood.detection.weights import read_card, write_card
 from mood.validation.anomalies import KINDS
 
-from conftest import head_phantom, make_weights, write_nifti
+from conftest import make_weights, phantom_sources, run_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "validate_localiser.py"
 
@@ -71,14 +70,12 @@ def _record_tasks(weights: Path, tasks: list[str], train_files: list[str] | None
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
+    return run_script("validate_localiser.py", *args)
 
 
 @pytest.fixture
 def sources(tmp_path):
-    d = tmp_path / "normals"
-    d.mkdir()
-    return [write_nifti(d / f"head{i}.nii.gz", head_phantom((32, 32, 32), seed=i)) for i in range(2)]
+    return phantom_sources(tmp_path / "normals", (32, 32, 32))
 
 
 def test_validate_localiser_end_to_end(tmp_path, sources):

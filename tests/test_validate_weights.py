@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,20 +12,15 @@ from mood.detection.weights import read_card, write_card
 from mood.validation.bootstrap import load_case_scores, pixel_ap
 from mood.validation.toy import MANIFEST
 
-from conftest import head_phantom, make_weights, write_nifti
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "validate_weights.py"
-
+from conftest import make_weights, phantom_sources, run_script
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
+    return run_script("validate_weights.py", *args)
 
 
 @pytest.fixture
 def sources(tmp_path):
-    d = tmp_path / "normals"
-    d.mkdir()
-    return [write_nifti(d / f"head{i}.nii.gz", head_phantom((40, 36, 20), seed=i)) for i in range(2)]
+    return phantom_sources(tmp_path / "normals", (40, 36, 20))
 
 
 def test_validate_weights_writes_both_methods_into_the_card(tmp_path, sources):
