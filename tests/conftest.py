@@ -22,14 +22,14 @@ def make_weights(directory: Path, region: str, seed: int = 0, localiser: bool = 
     torch.manual_seed(seed)
     cfg = tiny_preset(region)
     out = directory / region
+    vq, prior = VQVAE(cfg.vqvae), PixelSNAIL(cfg.prior)  # first: their weights are those of the seed alone
     unet = None
     if localiser:
         unet = UNet(cfg.localiser)
         # an untrained U-Net starts near p = 1 %, where its map, read as float16, is nearly flat: centre it
         # at p = 0.5 so that the tests see maps that vary
         torch.nn.init.zeros_(unet.head.bias)
-    save_models(out, Card(cfg, info={"note": "random tiny test weights"}, **card_kwargs),
-                VQVAE(cfg.vqvae), PixelSNAIL(cfg.prior), localiser=unet)
+    save_models(out, Card(cfg, info={"note": "random tiny test weights"}, **card_kwargs), vq, prior, localiser=unet)
     return out
 
 
