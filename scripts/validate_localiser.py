@@ -117,6 +117,8 @@ def head_correlations(sources: list[Path], train_files: list[Path], region: str)
         v = ensure_challenge_form(path, region)[0].astype(np.float32).ravel()
         return (v - v.mean()) / max(float(v.std()), 1e-6)
 
+    if not train_files:
+        raise ValueError("no training head of the weights' card found in --train-data")
     train = {p.name: flat(p) for p in train_files}
     out = {}
     for src in sources:
@@ -194,6 +196,12 @@ def main() -> int:
         lsr_pixel = {n for kind in kinds for n in sorted(n for n, c in cases.items() if c["kind"] == kind)[:k]}
         lsr_pixel |= set(sorted(normals)[:max(1, round(len(lsr_pixel) * len(normals) / (len(cases) - len(normals))))])
 
+    correlations = {}
+    if args.train_data is not None:
+        names = set(record.get("train_files", []))
+        correlations = head_correlations(args.sources, [p for p in list_inputs(args.train_data) if p.name in names],
+                                         args.region)
+
     models: dict[str, dict] = {}
     others: dict[str, dict] = {}  # LSR and the fusion: every kind counts (no task trained them)
     weights = {"shipped": args.weights, **{p.name: p for p in args.folds}}
@@ -208,14 +216,14 @@ def main() -> int:
             per_kind = {k: {**group_metrics(scored, cases, [n for n, c in cases.items() if c["kind"] == k] + normals),
                             "counts": counts_for(k, taught)} for k in kinds}
             untaught = [n for n, c in cases.items() if c["kind"] is not None and counts_for(c["kind"], taught)]
-            record = {"tasks": list(taught), "kinds": per_kind, "all": group_metrics(scored, cases, list(cases)),
+            result = {"tasks": list(taught), "kinds": per_kind, "all": group_metrics(scored, cases, list(cases)),
                       "untaught": group_metrics(scored, cases, untaught + normals) if untaught else None,
                       "case_scores": {n: round(s["sample"], 6) for n, s in scored.items()}}
             if method == "localiser":
-                models[name] = record
+                models[name] = result
             else:
-                others[method] = record
-            print(f"{name} {method}: all cases {json.dumps({k: round(v, 4) for k, v in record['all'].items()})}",
+                others[method] = result
+            print(f"{name} {method}: all cases {json.dumps({k: round(v, 4) for k, v in result['all'].items()})}",
                   flush=True)
 
     # Each kind's number that counts: the shipped model's if untaught, else the first fold's that is.
@@ -236,12 +244,6 @@ def main() -> int:
         for k, png in pictures.items():
             pictures[k] = args.picture_dir / f"{args.region}_heldout_localiser_{k}.png"
             compact_png(png, pictures[k])
-
-    correlations = {}
-    if args.train_data is not None:
-        names = set(record.get("train_files", []))
-        correlations = head_correlations(args.sources, [p for p in list_inputs(args.train_data) if p.name in names],
-                                         args.region)
 
     summary = {
         "command": " ".join(["python scripts/validate_localiser.py", *sys.argv[1:]]),
