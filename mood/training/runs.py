@@ -155,9 +155,9 @@ def train_localiser(region: str, data: Path, out: Path, *, settings: TrainSettin
     settings = with_overrides(settings, overrides)
     if settings.crop:
         raise ValueError("crop applies to the VQ-VAE; the localiser learns whole slices")
-    if (Path(out) / "card.json").is_file() and read_card(out).config.region != region:
-        raise ValueError(f"{out} holds {read_card(out).config.region} weights; a {region} localiser needs "
-                         f"its own folder")
+    held = read_card(out).config.region if (Path(out) / "card.json").is_file() else region
+    if held != region:
+        raise ValueError(f"{out} holds {held} weights; a {region} localiser needs its own folder")
     if config.localiser.image_size % 2**config.localiser.levels:
         raise ValueError(f"image size {config.localiser.image_size} is not a multiple of "
                          f"{2**config.localiser.levels}, the localiser's downsampling")
