@@ -43,6 +43,7 @@ from validate_weights import compact_png, toy_set  # noqa: E402
 from mood.config import KIND_TEACHERS, TRAINING_TASKS  # noqa: E402
 from mood.detection.detector import Detector, fuse  # noqa: E402
 from mood.detection.weights import read_card, write_card  # noqa: E402
+from mood.validation.anomalies import KINDS  # noqa: E402
 from mood.validation.metrics import Float16Histogram, ScoreCounts, auroc, average_precision, summarise  # noqa: E402
 from mood.validation.show import show  # noqa: E402
 from mood.validation.toy import MANIFEST  # noqa: E402
@@ -154,6 +155,9 @@ def main() -> int:
                     help="normal volumes of people no model trained or was tuned on (any grid)")
     ap.add_argument("--train-data", type=Path, default=None,
                     help="the folder that trained the weights: each source's correlation with its heads")
+    ap.add_argument("--kinds", nargs="+", choices=KINDS, default=None,
+                    help="score only these kinds' cases and the normal ones (e.g. noise shuffle: an arm's quick "
+                         "reading on the kinds no task makes); the toy set is the same")
     ap.add_argument("--count", type=int, default=42)
     ap.add_argument("--normal-fraction", type=float, default=1 / 3)
     ap.add_argument("--seed", type=int, default=0)
@@ -185,6 +189,10 @@ def main() -> int:
                    tuple(args.size) if args.size else None, args.normal_fraction)
     region_dir = data / args.region
     cases = json.loads((region_dir / MANIFEST).read_text())["cases"]
+    if args.kinds:
+        cases = {n: c for n, c in cases.items() if c["kind"] is None or c["kind"] in args.kinds}
+        if not any(c["kind"] for c in cases.values()):
+            ap.error(f"the toy set holds no case of {', '.join(args.kinds)}")
     normals = [n for n, c in cases.items() if c["kind"] is None]
     kinds = sorted({c["kind"] for c in cases.values() if c["kind"] is not None})
     largest = {k: max((n for n, c in cases.items() if c["kind"] == k), key=lambda n: cases[n]["n_changed"])

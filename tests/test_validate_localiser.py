@@ -134,6 +134,28 @@ def test_validate_localiser_end_to_end(tmp_path, sources):
     assert scores["lsr"] != scores["shipped"]
 
 
+def test_validate_localiser_scores_only_the_kinds_asked(tmp_path, sources):
+    """--kinds: the asked kinds' cases and the normal ones, from the same toy set."""
+    weights = make_weights(tmp_path / "w", "brain")
+    _record_tasks(weights, ["intensity"])
+    work = tmp_path / "work"
+    common = ("--region", "brain", "--weights", str(weights), "--sources", *map(str, sources), "--count", "9",
+              "--size", "32", "32", "32", "--work", str(work), "--threads", "1")
+    manifest = None
+    for kinds in (["noise"], ["sink", "noise"]):
+        run = _run(*common, "--kinds", *kinds)
+        assert run.returncode == 0, run.stderr[-3000:]
+        report = json.loads((work / "brain_localiser_validation.json").read_text())
+        manifest = manifest or json.loads((work / "toy" / "brain" / "toy_manifest.json").read_text())["cases"]
+        present = sorted({c["kind"] for c in manifest.values() if c["kind"] in kinds})
+        assert sorted(report["models"]["shipped"]["kinds"]) == present and present
+        expected = {n for n, c in manifest.items() if c["kind"] is None or c["kind"] in kinds}
+        assert set(report["case_scores"]["shipped"]) == expected
+    missing = sorted(set(KINDS) - {c["kind"] for c in manifest.values()})  # 6 anomalous cases, 7 kinds
+    run = _run(*common, "--kinds", missing[0])
+    assert run.returncode != 0 and f"no case of {missing[0]}" in run.stderr
+
+
 def test_validate_localiser_refuses_its_training_heads(tmp_path, sources):
     weights = make_weights(tmp_path / "w", "brain")
     _record_tasks(weights, ["intensity"], train_files=["head1.nii.gz"])
