@@ -22,11 +22,13 @@ in challenge form: a held-out head that is a training head in all but name measu
 case scores, and (``--picture-dir``) one picture per kind of the weights' map on its largest
 anomaly, the label outlined. ``--card`` writes the summary into the weights card under
 ``info.validation.localiser``. The toy set is reused when ``--work`` already holds one made with
-the same arguments.
+the same arguments, and so are LSR's outputs (``--work``/lsr/KEY/, KEY a digest of LSR's networks,
+calibration and restorations): the fusion with a new localiser then costs the localiser's pass alone.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -69,16 +71,44 @@ def histogram(pixel: np.ndarray, label: np.ndarray) -> np.ndarray:
     return hist.counts
 
 
+def lsr_key(weights: Path, restorations: int) -> str:
+    """A digest of what LSR's outputs depend on: its networks' bytes, its calibration and the number
+    of restorations (not the localiser's, so a new localiser in the same folder reuses them)."""
+    h = hashlib.sha256()
+    for shard in sorted(weights.glob("vqvae-*.safetensors")) + sorted(weights.glob("prior-*.safetensors")):
+        h.update(shard.read_bytes())
+    c = read_card(weights)
+    h.update(json.dumps([c.lambda_s, c.lambda_p, c.sample_map.scale, c.pixel_map.scale, restorations]).encode())
+    return h.hexdigest()[:16]
+
+
+def lsr_outputs(det: Detector, volume: np.ndarray, pixel: bool, cache: Path, restorations: int
+                ) -> tuple[float, np.ndarray | None]:
+    """LSR's sample score and (``pixel``) its map, as the evaluator reads it (float16), from
+    ``cache`` (.npz) when it holds them, else computed (seed 0) and written there."""
+    if cache.is_file():
+        held = np.load(cache)
+        if not pixel or "map" in held:
+            return float(held["sample"]), held["map"].astype(np.float32) if pixel else None
+    sample = det.score(volume, "sample", "lsr")
+    pixel_map = (np.clip(det.score(volume, "pixel", "lsr", restorations=restorations, seed=0), 0, 1)
+                 .astype(np.float16) if pixel else None)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, sample=sample, **({"map": pixel_map} if pixel else {}))
+    return sample, pixel_map.astype(np.float32) if pixel else None
+
+
 def score_cases(weights: Path, region: str, region_dir: Path, cases: dict[str, dict],
-                keep: set[str], out: Path, lsr: bool = False, lsr_pixel: set[str] = frozenset(),
+                keep: set[str], out: Path, lsr: Path | None = None, lsr_pixel: set[str] = frozenset(),
                 restorations: int = 15) -> dict[str, dict[str, dict]]:
     """Every case through the localiser of ``weights`` (one pass for both tasks): its sample score
     and its pixel histogram as the evaluator reads the map; the maps of ``keep`` saved under ``out``.
-    With ``lsr`` also LSR's and the fusion's sample scores, and on the cases ``lsr_pixel`` their pixel
-    maps (``restorations`` restorations, seed 0). Returns ``{method: {case: {"sample", "counts"}}}``."""
+    With ``lsr`` (a cache folder of LSR's outputs, :func:`lsr_outputs`) also LSR's and the fusion's
+    sample scores, and on the cases ``lsr_pixel`` their pixel maps (``restorations`` restorations,
+    seed 0). Returns ``{method: {case: {"sample", "counts"}}}``."""
     det = Detector.load(region, weights, device="cpu")
     out.mkdir(parents=True, exist_ok=True)
-    scored: dict[str, dict[str, dict]] = {"localiser": {}, **({"lsr": {}, "fusion": {}} if lsr else {})}
+    scored: dict[str, dict[str, dict]] = {"localiser": {}, **({"lsr": {}, "fusion": {}} if lsr is not None else {})}
     for name in sorted(cases):
         volume = load_volume(region_dir / "toy" / name)
         label = load_volume(region_dir / "toy_label" / "pixel" / name).data > 0.5
@@ -86,12 +116,12 @@ def score_cases(weights: Path, region: str, region_dir: Path, cases: dict[str, d
         scored["localiser"][name] = {"sample": sample, "counts": histogram(pixel, label)}
         if name in keep:
             np.save(out / f"{name.split('.nii')[0]}.npy", np.clip(pixel, 0, 1).astype(np.float16))
-        if lsr:
-            lsr_sample = det.score(volume.data, "sample", "lsr")
+        if lsr is not None:
+            lsr_sample, lsr_map = lsr_outputs(det, volume.data, name in lsr_pixel,
+                                              lsr / f"{name.split('.nii')[0]}.npz", restorations)
             scored["lsr"][name] = {"sample": lsr_sample}
             scored["fusion"][name] = {"sample": fuse(sample, lsr_sample)}
-            if name in lsr_pixel:
-                lsr_map = det.score(volume.data, "pixel", "lsr", restorations=restorations, seed=0)
+            if lsr_map is not None:
                 scored["lsr"][name]["counts"] = histogram(lsr_map, label)
                 scored["fusion"][name]["counts"] = histogram(fuse(pixel, lsr_map), label)
     return scored
@@ -217,7 +247,8 @@ def main() -> int:
         tasks = trained_tasks(folder)
         shipped = name == "shipped"
         methods = score_cases(folder, args.region, region_dir, cases, set(largest.values()) if shipped else set(),
-                              args.work / "maps" / name, lsr=args.lsr and shipped,
+                              args.work / "maps" / name,
+                              lsr=args.work / "lsr" / lsr_key(folder, args.restorations) if args.lsr and shipped else None,
                               lsr_pixel=lsr_pixel if shipped else set(), restorations=args.restorations)
         for method, scored in methods.items():
             taught = tasks if method == "localiser" else ()

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mood.config import KIND_TEACHERS, TRAINING_TASKS
@@ -154,6 +155,38 @@ def test_validate_localiser_scores_only_the_kinds_asked(tmp_path, sources):
     missing = sorted(set(KINDS) - {c["kind"] for c in manifest.values()})  # 6 anomalous cases, 7 kinds
     run = _run(*common, "--kinds", missing[0])
     assert run.returncode != 0 and f"no case of {missing[0]}" in run.stderr
+
+
+def test_validate_localiser_reuses_lsr_outputs(tmp_path, sources):
+    """LSR's outputs are cached per case under a key of LSR's networks: a second run reads them
+    (a planted score comes back), and a new localiser in the same folder keeps the key."""
+    weights = make_weights(tmp_path / "w", "brain", localiser=True)
+    _record_tasks(weights, ["intensity"])
+    work = tmp_path / "work"
+    args = ("--region", "brain", "--weights", str(weights), "--sources", *map(str, sources), "--count", "9",
+            "--size", "32", "32", "32", "--work", str(work), "--threads", "1", "--lsr", "--lsr-pixel-cases", "1")
+    run = _run(*args)
+    assert run.returncode == 0, run.stderr[-3000:]
+    first = json.loads((work / "brain_localiser_validation.json").read_text())
+    (key,) = [d.name for d in (work / "lsr").iterdir()]
+    cached = sorted((work / "lsr" / key).glob("*.npz"))
+    assert len(cached) == 9
+    with_map = [f for f in cached if "map" in np.load(f)]
+    assert {f.stem + ".nii.gz" for f in with_map} == set(first["lsr_pixel_cases"])
+    planted = cached[0]
+    held = dict(np.load(planted))
+    np.savez(planted, **{**held, "sample": np.float64(0.123)})
+    shutil.copy(make_weights(tmp_path / "w2", "brain", seed=3, localiser=True) / "localiser-00001-of-00001.safetensors",
+                weights / "localiser-00001-of-00001.safetensors")
+    run = _run(*args)
+    assert run.returncode == 0, run.stderr[-3000:]
+    second = json.loads((work / "brain_localiser_validation.json").read_text())
+    assert [d.name for d in (work / "lsr").iterdir()] == [key]
+    assert second["case_scores"]["lsr"][planted.stem + ".nii.gz"] == pytest.approx(0.123)
+    assert second["case_scores"]["shipped"] != first["case_scores"]["shipped"]  # the new localiser scored anew
+    for case, score in first["case_scores"]["lsr"].items():
+        if case != planted.stem + ".nii.gz":
+            assert second["case_scores"]["lsr"][case] == score
 
 
 def test_validate_localiser_refuses_its_training_heads(tmp_path, sources):
