@@ -45,6 +45,7 @@ from validate_weights import compact_png, toy_set  # noqa: E402
 from mood.config import KIND_TEACHERS, TRAINING_TASKS  # noqa: E402
 from mood.detection.detector import Detector, fuse  # noqa: E402
 from mood.detection.weights import read_card, write_card  # noqa: E402
+from mood.training.data import provenance  # noqa: E402
 from mood.validation.anomalies import KINDS  # noqa: E402
 from mood.validation.metrics import Float16Histogram, ScoreCounts, auroc, average_precision, summarise  # noqa: E402
 from mood.validation.show import show  # noqa: E402
@@ -74,28 +75,31 @@ def histogram(pixel: np.ndarray, label: np.ndarray) -> np.ndarray:
 def lsr_key(weights: Path, restorations: int) -> str:
     """A digest of what LSR's outputs depend on: its networks' bytes, its calibration and the number
     of restorations (not the localiser's, so a new localiser in the same folder reuses them)."""
-    h = hashlib.sha256()
-    for shard in sorted(weights.glob("vqvae-*.safetensors")) + sorted(weights.glob("prior-*.safetensors")):
-        h.update(shard.read_bytes())
     c = read_card(weights)
-    h.update(json.dumps([c.lambda_s, c.lambda_p, c.sample_map.scale, c.pixel_map.scale, restorations]).encode())
-    return h.hexdigest()[:16]
+    shards = sorted(weights.glob("vqvae-*.safetensors")) + sorted(weights.glob("prior-*.safetensors"))
+    blob = json.dumps([provenance(shards, weights), c.lambda_s, c.lambda_p, c.sample_map.scale, c.pixel_map.scale,
+                       restorations], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def lsr_outputs(det: Detector, volume: np.ndarray, pixel: bool, cache: Path, restorations: int
                 ) -> tuple[float, np.ndarray | None]:
     """LSR's sample score and (``pixel``) its map, as the evaluator reads it (float16), from
-    ``cache`` (.npz) when it holds them, else computed (seed 0) and written there."""
+    ``cache`` (.npz) where it holds them; what it lacks is computed (seed 0) and added there."""
+    held = {}
     if cache.is_file():
-        held = np.load(cache)
-        if not pixel or "map" in held:
-            return float(held["sample"]), held["map"].astype(np.float32) if pixel else None
-    sample = det.score(volume, "sample", "lsr")
-    pixel_map = (np.clip(det.score(volume, "pixel", "lsr", restorations=restorations, seed=0), 0, 1)
-                 .astype(np.float16) if pixel else None)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, sample=sample, **({"map": pixel_map} if pixel else {}))
-    return sample, pixel_map.astype(np.float32) if pixel else None
+        with np.load(cache) as f:
+            held = dict(f)
+    missing = {"sample"} - set(held) | ({"map"} - set(held) if pixel else set())
+    if "sample" in missing:
+        held["sample"] = np.float64(det.score(volume, "sample", "lsr"))
+    if "map" in missing:
+        lsr_map = det.score(volume, "pixel", "lsr", restorations=restorations, seed=0)
+        held["map"] = np.clip(lsr_map, 0, 1).astype(np.float16)
+    if missing:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, **held)
+    return float(held["sample"]), held["map"].astype(np.float32) if pixel else None
 
 
 def score_cases(weights: Path, region: str, region_dir: Path, cases: dict[str, dict],
