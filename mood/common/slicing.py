@@ -51,13 +51,15 @@ def slice_grid(shape: tuple[int, ...], n_slices: int) -> SliceGrid:
     return SliceGrid(shape=tuple(int(s) for s in shape), indices=indices)
 
 
-def extract_slices(volume: torch.Tensor, grid: SliceGrid, size: int) -> torch.Tensor:
+def extract_slices(volume: torch.Tensor, grid: SliceGrid, size: int, chunk: int = 32) -> torch.Tensor:
     """Volume (a0, a1, a2) -> slices (n, size, size), anti-aliased when shrinking."""
-    planes = volume[:, :, list(grid.indices)].permute(2, 0, 1).unsqueeze(1).float()  # (n, 1, a0, a1)
-    shrinking = planes.shape[-2] > size or planes.shape[-1] > size
-    out = F.interpolate(planes, size=(size, size), mode="bilinear", align_corners=False,
-                        antialias=shrinking)
-    return out.squeeze(1)
+    shrinking = volume.shape[0] > size or volume.shape[1] > size
+    indices = list(grid.indices)
+    # a chunk of planes at a time: gathering all of a 512^3 volume's at once would copy it whole
+    return torch.cat([
+        F.interpolate(volume[:, :, indices[i:i + chunk]].permute(2, 0, 1).unsqueeze(1).float(),  # (c, 1, a0, a1)
+                      size=(size, size), mode="bilinear", align_corners=False, antialias=shrinking).squeeze(1)
+        for i in range(0, len(indices), chunk)])
 
 
 def normalise(slices: torch.Tensor, volume: torch.Tensor, config: RegionConfig) -> torch.Tensor:
@@ -112,12 +114,10 @@ def slices_to_volume(scores: torch.Tensor, grid: SliceGrid, chunk: int = 32) -> 
     between the true plane indices, constant beyond the first and last scored plane.
     """
     a0, a1, depth = grid.shape
-    planes = F.interpolate(scores.float().unsqueeze(1), size=(a0, a1), mode="bilinear",
-                           align_corners=False).squeeze(1)  # (n, a0, a1)
-    idx = torch.tensor(grid.indices, dtype=torch.float32, device=planes.device)
+    idx = torch.tensor(grid.indices, dtype=torch.float32, device=scores.device)
     out = np.empty((a0, a1, depth), dtype=np.float32, order="F")
     for z0 in range(0, depth, chunk):
-        z = torch.arange(z0, min(z0 + chunk, depth), dtype=torch.float32, device=planes.device)
+        z = torch.arange(z0, min(z0 + chunk, depth), dtype=torch.float32, device=scores.device)
         hi = torch.searchsorted(idx, z, right=True).clamp(1, max(len(idx) - 1, 1))
         lo = hi - 1
         if len(idx) == 1:
@@ -125,6 +125,11 @@ def slices_to_volume(scores: torch.Tensor, grid: SliceGrid, chunk: int = 32) -> 
             w = torch.zeros_like(z)
         else:
             w = ((z - idx[lo]) / (idx[hi] - idx[lo])).clamp(0, 1)
-        block = planes[lo] * (1 - w).view(-1, 1, 1) + planes[hi] * w.view(-1, 1, 1)  # (c, a0, a1)
+        # only this chunk's planes at full size: all of a 512^3 volume's would double the peak
+        need = torch.unique(torch.cat([lo, hi]))
+        planes = F.interpolate(scores[need].float().unsqueeze(1), size=(a0, a1), mode="bilinear",
+                               align_corners=False).squeeze(1)  # (len(need), a0, a1)
+        at_lo, at_hi = torch.searchsorted(need, lo), torch.searchsorted(need, hi)
+        block = planes[at_lo] * (1 - w).view(-1, 1, 1) + planes[at_hi] * w.view(-1, 1, 1)  # (c, a0, a1)
         out[:, :, z0 : z0 + len(z)] = block.permute(1, 2, 0).cpu().numpy()
     return out
