@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from validate_weights import compact_png, toy_set  # noqa: E402
@@ -63,6 +64,19 @@ def trained_tasks(weights: Path) -> tuple[str, ...]:
 def counts_for(kind: str, tasks: tuple[str, ...]) -> bool:
     """Whether a model trained on ``tasks`` may be measured on ``kind``: none of its teachers trained it."""
     return not set(KIND_TEACHERS[kind]) & set(tasks)
+
+
+def portable(arg: str | Path) -> str:
+    """An argument or path as a card may hold it: relative to the repository when inside it, else
+    ``.../<name>`` for an absolute path (the machine's folders mean nothing elsewhere)."""
+    text = str(arg)
+    if not text.startswith("/"):
+        return text
+    path = Path(text).resolve()
+    try:
+        return path.relative_to(REPO).as_posix()
+    except ValueError:
+        return f".../{path.name}"
 
 
 def histogram(pixel: np.ndarray, label: np.ndarray) -> np.ndarray:
@@ -289,7 +303,7 @@ def main() -> int:
             compact_png(png, pictures[k])
 
     summary = {
-        "command": " ".join(["python scripts/validate_localiser.py", *sys.argv[1:]]),
+        "command": " ".join(["python scripts/validate_localiser.py", *map(portable, sys.argv[1:])]),
         "set": f"{len(cases)} cases ({len(normals)} normal) from {', '.join(p.name for p in args.sources)} "
                f"(make-toy seed {args.seed})",
         "kind_teachers": {k: list(KIND_TEACHERS[k]) for k in kinds},
@@ -298,7 +312,7 @@ def main() -> int:
         **({"lsr_and_fusion": {m: {k: v for k, v in r.items() if k != "case_scores"} for m, r in others.items()},
             "lsr_pixel_cases": sorted(lsr_pixel)} if others else {}),
         "correlation_with_training_heads": correlations,
-        "pictures": {k: str(p) for k, p in pictures.items()},
+        "pictures": {k: portable(p.resolve()) for k, p in pictures.items()},
         "seconds": round(time.perf_counter() - start, 1),
     }
     write_json(args.work / f"{args.region}_localiser_validation.json",

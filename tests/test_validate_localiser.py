@@ -47,6 +47,12 @@ def test_counts_for(script):
     assert {k for k in KINDS if script.counts_for(k, TRAINING_TASKS)} == {"noise", "shuffle"}
 
 
+def test_portable_paths(script):
+    assert script.portable(script.REPO / "weights" / "brain") == "weights/brain"
+    assert script.portable("/elsewhere/data/heads") == ".../heads"
+    assert script.portable("--count") == "--count" and script.portable("runs/x") == "runs/x"
+
+
 def test_trained_tasks_come_from_the_card(script, tmp_path):
     weights = make_weights(tmp_path, "brain")
     assert script.trained_tasks(weights) == TRAINING_TASKS  # no record: assume every task trained it
@@ -118,7 +124,9 @@ def test_validate_localiser_end_to_end(tmp_path, sources):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert not cells[2].startswith("[") and cells[3].startswith("[") and cells[3].endswith("]")
     # one picture per kind, case scores for both models, the summary in the shipped card only
-    assert sorted(report["pictures"]) == kinds and all(Path(p).is_file() for p in report["pictures"].values())
+    assert sorted(report["pictures"]) == kinds and all((work / Path(p).name).is_file() for p in report["pictures"].values())
+    # the card travels with the weights: none of this machine's folders in it
+    assert str(tmp_path) not in json.dumps(read_card(shipped).info["validation"]["localiser"])
     assert all(0.0 <= v < 1.0 for scores in report["case_scores"].values() for v in scores.values())
     assert read_card(shipped).info["validation"]["localiser"]["honest"] == report["honest"]
     assert "validation" not in read_card(fold).info
