@@ -266,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restorations", type=_positive_int, default=3, help="(lsr) restorations for the pixel part")
     p.add_argument("--networks", choices=("all", "localiser", "lsr"), default="all",
                    help="calibrate the localiser, LSR, or every method the weights hold (default: all)")
+    p.add_argument("--slice-sigma", type=float, default=None, metavar="PLANES",
+                   help="(localiser) smooth its probabilities across slices with a Gaussian of this many "
+                        "planes of a challenge-size volume before fitting its maps (0: none; default: the "
+                        "card's)")
 
     p = sub.add_parser("init-weights", help="write randomly initialised models (tests, smoke runs)",
                        parents=[REGION, SEED])
@@ -456,11 +460,13 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 
     card = calibrate(args.region, args.data, args.weights, device=args.device, n_slices=args.slices,
                      restorations=args.restorations, seed=args.seed,
-                     parts=("localiser", "lsr") if args.networks == "all" else (args.networks,))
+                     parts=("localiser", "lsr") if args.networks == "all" else (args.networks,),
+                     slice_sigma=args.slice_sigma)
     done = ("localiser", "lsr") if args.networks == "all" else (args.networks,)
     done = [part for part in done if part in card.info["calibration"]]
     if "localiser" in done:
-        print(f"localiser: sample scale={card.localiser_sample_map.scale:.4g} -> {args.weights}")
+        print(f"localiser: slice sigma={card.config.localiser.slice_sigma:g} sample scale="
+              f"{card.localiser_sample_map.scale:.4g} -> {args.weights}")
     if "lsr" in done:
         print(f"lsr: lambda_s={card.lambda_s:.4g} lambda_p={card.lambda_p:.4g} sample scale="
               f"{card.sample_map.scale:.4g} pixel scale={card.pixel_map.scale:.4g} -> {args.weights}")

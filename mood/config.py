@@ -84,6 +84,11 @@ class LocaliserConfig:
 
     channels: tuple[int, ...] = (16, 32, 64, 128, 128)
     image_size: int = 160
+    #: Gaussian smoothing of the probabilities across slices at inference
+    #: (:func:`mood.localiser.smooth_across_slices`), its standard deviation in planes of a volume of
+    #: the challenge's depth, so a share of the field of view (a 128-plane brain: half as many
+    #: planes). 0, what cards without it were calibrated with: none. The presets choose it.
+    slice_sigma: float = 0.0
 
     @property
     def levels(self) -> int:

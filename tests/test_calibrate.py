@@ -120,6 +120,32 @@ def test_calibrate_fits_the_localisers_sample_map(tmp_path, monkeypatch):
     assert both.info["calibration"]["lsr"]["files"] == ["n0.nii.gz", "n1.nii.gz"]
 
 
+def test_calibrate_sets_the_localisers_smoothing_before_fitting_its_map(tmp_path, monkeypatch):
+    """``slice_sigma`` goes into the card's config, the sample map is fitted on the smoothed
+    probabilities, and a later calibration without it keeps it."""
+    from dataclasses import replace
+
+    from mood.detection.detector import Detector
+    from mood.localiser import sample_statistic, smooth_across_slices
+
+    data, weights = _holdout_and_weights(tmp_path, monkeypatch)
+    det = Detector.load("brain", weights, "cpu")
+    sigma_planes = 40.0 * 24 / det.config.challenge_shape[2]  # 24 planes of a 256-plane field of view
+    expected = [sample_statistic(smooth_across_slices(det.localiser_raw(_head(i))[0], sigma_planes)) for i in range(2)]
+    with pytest.raises(ValueError, match="slice_sigma"):
+        calibrate("brain", data, weights, device="cpu", parts=("localiser",), slice_sigma=-1.0)
+    card = calibrate("brain", data, weights, device="cpu", parts=("localiser",), slice_sigma=40.0, sample_margin=2.0)
+    assert card.config.localiser.slice_sigma == 40.0 == read_card(weights).config.localiser.slice_sigma
+    assert card.info["calibration"]["localiser"]["slice_sigma"] == 40.0
+    assert card.localiser_sample_map.scale == pytest.approx(2.0 * max(expected), rel=1e-5)
+    unsmoothed = max(sample_statistic(det.localiser_raw(_head(i))[0]) for i in range(2))
+    assert card.localiser_sample_map.scale != pytest.approx(2.0 * unsmoothed, rel=1e-5)
+    # the architecture is unchanged: the same networks load under the new card
+    assert replace(card.config, localiser=replace(card.config.localiser, slice_sigma=0.0)) == det.config
+    again = calibrate("brain", data, weights, device="cpu", parts=("localiser",))
+    assert again.config.localiser.slice_sigma == 40.0
+
+
 def test_calibrate_a_folder_holding_only_a_localiser(tmp_path, monkeypatch):
     """A localiser-only folder calibrates the localiser; asked for LSR alone it says it has none."""
     data, weights = _holdout_and_weights(tmp_path, monkeypatch)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mood.config import METHODS, LocaliserConfig
-from mood.localiser import UNet, probabilities, sample_statistic
+from mood.localiser import UNet, probabilities, sample_statistic, smooth_across_slices
 from mood.detection.detector import Detector
 from mood.detection.weights import Card, WeightsError, has_model, load_localiser, read_card, save_models
 from mood.training import train_localiser
@@ -68,6 +68,22 @@ def test_probabilities_and_the_sample_statistic():
     assert sample_statistic(p, share=0.01) == pytest.approx(float(flat[:51].double().mean()))  # 1 % of 5120
     assert sample_statistic(p, share=0.0) == pytest.approx(float(flat[0]))  # at least one pixel
     assert sample_statistic(p, share=1.0) == pytest.approx(float(p.double().mean()))
+
+
+def test_smoothing_across_slices_is_a_gaussian_with_repeated_edges():
+    from scipy.ndimage import gaussian_filter1d
+
+    torch.manual_seed(3)
+    p = torch.rand(12, 6, 5)
+    assert smooth_across_slices(p, 0.0) is p
+    for sigma in (0.5, 1.0, 2.5):
+        expected = gaussian_filter1d(p.double().numpy(), sigma, axis=0, mode="nearest", truncate=4.0)
+        np.testing.assert_allclose(smooth_across_slices(p, sigma).numpy(), expected, atol=1e-6)
+    # one slice's accident fades, an anomaly across neighbouring slices keeps its height
+    spike, block = torch.zeros(15, 2, 2), torch.zeros(15, 2, 2)
+    spike[7], block[3:12] = 1.0, 1.0
+    assert float(smooth_across_slices(spike, 1.0)[7, 0, 0]) < 0.41
+    assert float(smooth_across_slices(block, 1.0)[7, 0, 0]) > 0.999
 
 
 # -- the weights' moving average ------------------------------------------------------------------
@@ -427,6 +443,20 @@ def test_localiser_outputs_are_on_the_input_grid_in_0_1(detector, volume):
     assert detector.score(volume, "sample") == sample  # "auto": the localiser
     assert np.array_equal(detector.score(volume, "pixel", "localiser"), pixel)
     assert detector.localiser_raw(volume, n_slices=5)[0].shape == (5, size, size)
+
+
+def test_the_cards_slice_sigma_smooths_the_probabilities(detector, volume):
+    config = detector.config
+    assert config.localiser.slice_sigma == 0  # a card without it: as it was calibrated
+    card = replace(detector.card, config=replace(config, localiser=replace(config.localiser, slice_sigma=20.0)))
+    smoothed = Detector(card, "cpu", localiser=detector.localiser)
+    depth = config.challenge_shape[2]
+    raw, s = detector.localiser_raw(volume)
+    torch.testing.assert_close(smoothed.localiser_raw(volume)[0], smooth_across_slices(raw, 20.0 * volume.shape[2] / depth))
+    # fewer planes over the same field of view: the same share of it is fewer planes
+    few, _ = detector.localiser_raw(volume, n_slices=12)
+    torch.testing.assert_close(smoothed.localiser_raw(volume, n_slices=12)[0], smooth_across_slices(few, 20.0 * 12 / depth))
+    assert smoothed.localiser_sample(volume) != detector.localiser_sample(volume)
 
 
 def test_fusion_is_the_mean_of_localiser_and_lsr(detector, volume):

@@ -2,8 +2,9 @@
 
 Pipelines (one way each):
 
-- localiser: volume -> every plane (slicing) -> per-pixel probabilities (U-Net) -> volume grid
-  (slicing) -> calibrated [0, 1); the sample score is a statistic of the probabilities;
+- localiser: volume -> every plane (slicing) -> per-pixel probabilities (U-Net), smoothed across
+  slices -> volume grid (slicing) -> calibrated [0, 1); the sample score is a statistic of the
+  probabilities;
 - LSR: volume -> scored slices (slicing) -> codes (VQ-VAE) -> NLL / restorations (prior) -> scores
   (scoring) -> volume grid (slicing) -> calibrated [0, 1) (maps.ScoreMap);
 - fusion: the mean of the two calibrated outputs.
@@ -15,7 +16,7 @@ three; a method whose networks are missing says so.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from ..common import maps
 from ..common.device import resolve_device
 from ..common.slicing import SliceGrid, extract_slices, normalise, slice_grid, slices_to_volume
 from ..config import METHODS, TASKS
-from ..localiser import UNet, probabilities, sample_statistic
+from ..localiser import UNet, probabilities, sample_statistic, smooth_across_slices
 from ..lsr import scoring
 from ..lsr.networks import VQVAE, PixelSNAIL, code_nll
 from ..lsr.restoration import draw_uniforms, restore, unique_states
@@ -105,8 +106,12 @@ class Detector:
         return cls(card, resolve_device(device), source=str(directory), **models)
 
     def with_card(self, card: Card) -> "Detector":
-        """The same models with another card of the same architecture (new thresholds or maps)."""
-        if card.config != self.config:
+        """The same models with another card of the same architecture (new thresholds, maps or the
+        localiser's smoothing across slices)."""
+        def architecture(config):
+            return replace(config, localiser=replace(config.localiser, slice_sigma=0.0))
+
+        if architecture(card.config) != architecture(self.config):
             raise ValueError("the card describes another architecture than this detector's models")
         return Detector(card, self.device, vqvae=self.vqvae, prior=self.prior, localiser=self.localiser,
                         source=self.source)
@@ -153,7 +158,10 @@ class Detector:
         ``n_slices`` evenly spread), and the slices they score."""
         self.require("localiser")
         s = self.slices(volume, n_slices or int(np.shape(volume)[2]), self.config.localiser.image_size)
-        return probabilities(self.localiser, s.x, s.coord), s
+        # sigma is a share of the field of view: in planes of a challenge-depth volume, scaled to these
+        planes_per_unit = len(s.grid.indices) / self.config.challenge_shape[2]
+        probs = probabilities(self.localiser, s.x, s.coord)
+        return smooth_across_slices(probs, self.config.localiser.slice_sigma * planes_per_unit), s
 
     @torch.no_grad()
     def encode(self, s: Slices) -> torch.Tensor:

@@ -21,6 +21,27 @@ def probabilities(model: UNet, x: torch.Tensor, coord: torch.Tensor, chunk: int 
                       for i in range(0, x.shape[0], chunk)])
 
 
+def smooth_across_slices(probs: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian smoothing (standard deviation ``sigma`` planes, truncated at 4) of (S, H, W) along S.
+
+    The network sees one slice at a time, so its false alarms are one slice's accidents while an
+    anomaly spans neighbouring slices: averaging over them keeps the one and thins the other.
+    Edge planes are repeated beyond the ends. ``sigma`` 0 returns ``probs`` itself."""
+    if sigma <= 0 or probs.shape[0] < 2:
+        return probs
+    radius = int(4 * sigma + 0.5)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(probs.dtype)
+    n = probs.shape[0]
+    index = (torch.arange(n)[:, None] + torch.arange(-radius, radius + 1)[None]).clamp(0, n - 1)  # (S, K)
+    # one weighted sum per offset: memory of two stacks, whatever the kernel's length
+    out = torch.zeros_like(probs)
+    for k in range(kernel.numel()):
+        out += kernel[k] * probs[index[:, k]]
+    return out
+
+
 def sample_statistic(probs: torch.Tensor, share: float = TOP_SHARE) -> float:
     """Mean of the highest ``share`` of the probabilities (at least one pixel): high when some
     region is confidently anomalous, whatever the rest of the volume does."""
@@ -29,4 +50,4 @@ def sample_statistic(probs: torch.Tensor, share: float = TOP_SHARE) -> float:
     return float(flat.topk(k).values.double().mean())
 
 
-__all__ = ["TOP_SHARE", "probabilities", "sample_statistic"]
+__all__ = ["TOP_SHARE", "probabilities", "sample_statistic", "smooth_across_slices"]

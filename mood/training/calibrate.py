@@ -47,12 +47,15 @@ def calibrate(region: str, data: Path, weights: Path, *, device: str = "auto",
               n_slices: int | None = 8, restorations: int = 3, seed: int = 0,
               sample_percentile: float = 98.0, pixel_percentile: float = 90.0,
               sample_margin: float = 2.0, pixel_scale_percentile: float = 99.9,
-              pixel: bool = True, parts: tuple[str, ...] = ("localiser", "lsr")) -> Card:
+              pixel: bool = True, parts: tuple[str, ...] = ("localiser", "lsr"),
+              slice_sigma: float | None = None) -> Card:
     """Fit thresholds and score maps on the normal volumes in ``data``; write and return the card.
 
     ``parts``: which methods' calibration to fit, each when the weights hold its networks (the
     others' stay as they were). ``n_slices`` and ``restorations`` apply to LSR's (slow) pixel part;
-    ``pixel=False`` skips it and keeps the card's pixel map.
+    ``pixel=False`` skips it and keeps the card's pixel map. ``slice_sigma`` (the localiser's):
+    its smoothing across slices (:attr:`mood.config.LocaliserConfig.slice_sigma`), set before its
+    sample map is fitted; None keeps the card's.
     """
     t0 = time.perf_counter()
     if n_slices is not None and n_slices < 3:
@@ -61,6 +64,11 @@ def calibrate(region: str, data: Path, weights: Path, *, device: str = "auto",
     if not files:
         raise ValueError(f"no volume files ({', '.join(READABLE_SUFFIXES)}) in {data}")
     det = Detector.load(region, weights, device)
+    if slice_sigma is not None:
+        if slice_sigma < 0:
+            raise ValueError(f"slice_sigma must be at least 0, got {slice_sigma}")
+        config = replace(det.config, localiser=replace(det.config.localiser, slice_sigma=float(slice_sigma)))
+        det = det.with_card(replace(det.card, config=config))
     vols = [ensure_challenge_form(f, region)[0] for f in files]
     card, info, names = det.card, {}, [f.name for f in files]
     if "localiser" in parts and det.localiser is not None:
@@ -87,7 +95,8 @@ def _calibrate_localiser(det: Detector, vols: list[np.ndarray], sample_margin: f
     raw = [sample_statistic(det.localiser_raw(v)[0]) for v in vols]
     card = replace(det.card, localiser_sample_map=maps.fit_sample_map(raw, sample_margin),
                    localiser_pixel_map=maps.ScoreMap(1.0))
-    return card, {"sample": {"raw": [round(r, 6) for r in raw], "margin": sample_margin,
+    return card, {"slice_sigma": det.config.localiser.slice_sigma,
+                  "sample": {"raw": [round(r, 6) for r in raw], "margin": sample_margin,
                              "scale": card.localiser_sample_map.scale}}
 
 
