@@ -201,6 +201,7 @@ def region_preset(region: str) -> RegionConfig:
             modality="mri",
             background=0.0,
             augment_range=(-3.0, 3.0),  # +-3 standard deviations of the foreground
+            localiser=LocaliserConfig(slice_sigma=4.0),  # 1/64 of the field of view (docs/localiser.md)
         )
     if region == "abdom":
         return RegionConfig(
@@ -212,6 +213,7 @@ def region_preset(region: str) -> RegionConfig:
             modality="ct",
             background=-1.0,
             augment_range=(-1.0, 1.0),
+            localiser=LocaliserConfig(slice_sigma=8.0),  # 1/64 of the field of view, as the brain's
         )
     raise ValueError(f"unknown region {region!r}; expected one of {', '.join(REGIONS)}")
 
@@ -219,6 +221,12 @@ def region_preset(region: str) -> RegionConfig:
 def region_of_shape(shape: tuple[int, ...]) -> str | None:
     """The region whose challenge volumes have ``shape`` (brain 256^3, abdomen 512^3), else None."""
     return next((r for r in REGIONS if region_preset(r).challenge_shape == tuple(shape)), None)
+
+
+def networks_of(config: RegionConfig) -> RegionConfig:
+    """``config`` less what acts only on the networks' outputs (the localiser's smoothing across
+    slices): what a checkpoint, a card and the networks loaded under it must agree on."""
+    return replace(config, localiser=replace(config.localiser, slice_sigma=0.0))
 
 
 def narrow(config: RegionConfig, width: float) -> RegionConfig:
@@ -292,4 +300,4 @@ def is_tiny(config: RegionConfig) -> bool:
 
 
 __all__ = ["REGIONS", "TASKS", "METHODS", "DEFAULT_METHOD", "region_of_shape", "AugmentConfig", "LocaliserConfig", "TRAINING_TASKS", "KIND_TEACHERS", "VQVAEConfig", "PriorConfig", "RegionConfig",
-           "region_preset", "narrow", "relatent", "resize_prior", "tiny_preset", "is_tiny"]
+           "region_preset", "networks_of", "narrow", "relatent", "resize_prior", "tiny_preset", "is_tiny"]

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from mood.config import (REGIONS, AugmentConfig, RegionConfig, is_tiny, narrow, region_of_shape, region_preset,
+from mood.config import (REGIONS, AugmentConfig, RegionConfig, is_tiny, narrow, networks_of, region_of_shape, region_preset,
                          relatent, tiny_preset)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +34,20 @@ def test_round_trip_and_older_checkpoints_compare_equal(region, make):
     assert RegionConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     older = {k: v for k, v in config.to_dict().items() if k not in FACTS}
     assert RegionConfig.from_dict(json.loads(json.dumps(older))) == config
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_a_card_from_before_the_smoothing_has_the_same_networks(region):
+    """Cards and checkpoints written before ``slice_sigma`` existed read it as 0 (how they were
+    calibrated) and still match the preset's networks, so old campaign runs resume."""
+    preset = region_preset(region)
+    assert preset.localiser.slice_sigma > 0
+    d = preset.to_dict()
+    del d["localiser"]["slice_sigma"]
+    older = RegionConfig.from_dict(json.loads(json.dumps(d)))
+    assert older.localiser.slice_sigma == 0 and older != preset
+    assert networks_of(older) == networks_of(preset)
+    assert networks_of(replace(preset, localiser=replace(preset.localiser, channels=(8, 16)))) != networks_of(preset)
 
 
 def test_regional_facts():

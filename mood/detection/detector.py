@@ -16,7 +16,7 @@ three; a method whose networks are missing says so.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ import torch
 from ..common import maps
 from ..common.device import resolve_device
 from ..common.slicing import SliceGrid, extract_slices, normalise, slice_grid, slices_to_volume
-from ..config import METHODS, TASKS
+from ..config import METHODS, TASKS, networks_of
 from ..localiser import UNet, probabilities, sample_statistic, smooth_across_slices
 from ..lsr import scoring
 from ..lsr.networks import VQVAE, PixelSNAIL, code_nll
@@ -108,10 +108,7 @@ class Detector:
     def with_card(self, card: Card) -> "Detector":
         """The same models with another card of the same architecture (new thresholds, maps or the
         localiser's smoothing across slices)."""
-        def architecture(config):
-            return replace(config, localiser=replace(config.localiser, slice_sigma=0.0))
-
-        if architecture(card.config) != architecture(self.config):
+        if networks_of(card.config) != networks_of(self.config):
             raise ValueError("the card describes another architecture than this detector's models")
         return Detector(card, self.device, vqvae=self.vqvae, prior=self.prior, localiser=self.localiser,
                         source=self.source)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..common.maps import ScoreMap
-from ..config import RegionConfig
+from ..config import RegionConfig, networks_of
 from ..detection.weights import Card, has_model, load_localiser, load_prior, load_vqvae, read_card, save_models
 from ..localiser.unet import UNet
 from ..lsr.networks import VQVAE, PixelSNAIL
@@ -29,7 +29,9 @@ from .settings import model_config
 
 
 def _weights_shape(config: RegionConfig) -> RegionConfig:
-    """``config`` without what acts only in training (dropout): what its weights' shapes follow."""
+    """``config`` without what acts only in training (dropout) or on the outputs (the localiser's
+    smoothing): what its weights' shapes follow."""
+    config = networks_of(config)
     return replace(config, vqvae=replace(config.vqvae, dropout=0.0), prior=replace(config.prior, dropout=0.0))
 
 

@@ -28,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..common.device import cpu_has_bfloat16
-from ..config import RegionConfig, is_tiny
+from ..config import RegionConfig, is_tiny, networks_of
 from .batches import BatchStream
 from .checkpoints import (append_log, checkpoint_dir, load_checkpoint, prepare_run_folder, rounded, save_checkpoint,
                           truncate_log)
@@ -159,7 +159,7 @@ def run_loop(recipe: Recipe, *, region: str, data: Path, out: Path, settings: Tr
     p = Progress()
     if resume and (ckpt / "state.json").is_file():
         state = load_checkpoint(ckpt, model, opt)
-        if RegionConfig.from_dict(state["config"]) != config:
+        if networks_of(RegionConfig.from_dict(state["config"])) != networks_of(config):
             raise ValueError(f"{ckpt}: checkpoint was trained with another architecture "
                              f"(tiny={state['settings'].get('tiny')}); use the same settings")
         p = Progress(step=int(state["step"]), elapsed=float(state["elapsed_s"]),

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..config import LocaliserConfig, RegionConfig, is_tiny, resize_prior
+from ..config import RegionConfig, is_tiny, resize_prior
 from ..detection.weights import Card, load_localiser, load_prior, load_vqvae, read_card
 from ..localiser.unet import UNet
 from ..lsr.networks import VQVAE, PixelSNAIL
@@ -129,7 +129,7 @@ def _start_localiser(banks: list[SliceBank], d: Dist, *, model: UNet, average: W
     """A fresh start: ``init_from``'s localiser if given; the weights' average starts there."""
     if init_from is not None:
         card = read_card(init_from)
-        if card.config.localiser != model.config:
+        if replace(card.config.localiser, slice_sigma=0.0) != replace(model.config, slice_sigma=0.0):
             raise ValueError(f"--init-from {init_from}: its localiser differs from the one being trained")
         model.load_state_dict(load_localiser(init_from, card).state_dict())
     average.reset(model)
@@ -150,8 +150,8 @@ def train_localiser(region: str, data: Path, out: Path, *, settings: TrainSettin
     Other arguments as for :func:`train_vqvae`.
     """
     base = model_config(region, tiny)
-    config = replace(base, localiser=LocaliserConfig(channels=tuple(channels or base.localiser.channels),
-                                                      image_size=image_size or base.localiser.image_size))
+    config = replace(base, localiser=replace(base.localiser, channels=tuple(channels or base.localiser.channels),
+                                             image_size=image_size or base.localiser.image_size))
     settings = with_overrides(settings, overrides)
     if settings.crop:
         raise ValueError("crop applies to the VQ-VAE; the localiser learns whole slices")
