@@ -32,13 +32,14 @@ def smooth_across_slices(probs: torch.Tensor, sigma: float) -> torch.Tensor:
     radius = int(4 * sigma + 0.5)
     t = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-0.5 * (t / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).to(probs.dtype)
+    kernel = kernel / kernel.sum()
     n = probs.shape[0]
-    index = (torch.arange(n)[:, None] + torch.arange(-radius, radius + 1)[None]).clamp(0, n - 1)  # (S, K)
-    # one weighted sum per offset: memory of two stacks, whatever the kernel's length
+    offsets = torch.arange(-radius, radius + 1, device=probs.device)
+    index = (torch.arange(n, device=probs.device)[:, None] + offsets[None]).clamp(0, n - 1)  # (S, K)
+    # one weighted sum per offset: the output and one gathered stack, whatever the kernel's length
     out = torch.zeros_like(probs)
     for k in range(kernel.numel()):
-        out += kernel[k] * probs[index[:, k]]
+        out.add_(probs[index[:, k]], alpha=float(kernel[k]))
     return out
 
 
