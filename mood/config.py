@@ -91,6 +91,12 @@ class LocaliserConfig:
     slice_sigma: float = 0.0
 
     @property
+    def network(self) -> "LocaliserConfig":
+        """This config less what acts only on the network's outputs (the smoothing): what the
+        network's weights follow."""
+        return replace(self, slice_sigma=0.0)
+
+    @property
     def levels(self) -> int:
         return len(self.channels) - 1
 
@@ -226,7 +232,7 @@ def region_of_shape(shape: tuple[int, ...]) -> str | None:
 def networks_of(config: RegionConfig) -> RegionConfig:
     """``config`` less what acts only on the networks' outputs (the localiser's smoothing across
     slices): what a checkpoint, a card and the networks loaded under it must agree on."""
-    return replace(config, localiser=replace(config.localiser, slice_sigma=0.0))
+    return replace(config, localiser=config.localiser.network)
 
 
 def narrow(config: RegionConfig, width: float) -> RegionConfig:

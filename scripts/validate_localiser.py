@@ -72,11 +72,10 @@ def portable(arg: str | Path) -> str:
     text = str(arg)
     if not text.startswith("/"):
         return text
-    path = Path(text).resolve()
     try:
-        return path.relative_to(REPO).as_posix()
+        return Path(text).resolve().relative_to(REPO).as_posix()
     except ValueError:
-        return f".../{path.name}"
+        return f".../{Path(text).name}"  # the name given, not a symlink's target's
 
 
 def histogram(pixel: np.ndarray, label: np.ndarray) -> np.ndarray:

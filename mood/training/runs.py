@@ -129,7 +129,7 @@ def _start_localiser(banks: list[SliceBank], d: Dist, *, model: UNet, average: W
     """A fresh start: ``init_from``'s localiser if given; the weights' average starts there."""
     if init_from is not None:
         card = read_card(init_from)
-        if replace(card.config.localiser, slice_sigma=0.0) != replace(model.config, slice_sigma=0.0):
+        if card.config.localiser.network != model.config.network:
             raise ValueError(f"--init-from {init_from}: its localiser differs from the one being trained")
         model.load_state_dict(load_localiser(init_from, card).state_dict())
     average.reset(model)
