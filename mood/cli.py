@@ -142,8 +142,10 @@ def _scoring_arguments(p: argparse.ArgumentParser, pixel: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mood", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
-        description="Latent Spatial Restoration: unsupervised anomaly detection in 3-D brain MRI "
-                    "and abdominal CT with a VQ-VAE and a PixelSNAIL prior (MICCAI MOOD).")
+        description="Unsupervised anomaly detection in 3-D brain MRI and abdominal CT (MICCAI MOOD): "
+                    "a localiser trained on synthetic anomalies (the default where it measures "
+                    "best) and Latent Spatial Restoration (a VQ-VAE and a PixelSNAIL prior, the "
+                    "reference method), one --method away from each other.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     for task, text in (("sample", "one anomaly score in [0, 1) per volume -> <name>.txt"),
