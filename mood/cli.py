@@ -310,7 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline on a shipped volume, in a few minutes on a CPU",
                        parents=[WEIGHTS, DEVICE])
-    p.add_argument("--output", "-o", type=Path, default=Path("mood-demo"))
+    p.add_argument("--output", "-o", type=Path, default=Path("mood-demo"),
+                   help="folder for the toy set, predictions, pictures and results.json; created if "
+                        "missing, an earlier demo's output replaced, any other non-empty folder "
+                        "refused (default: mood-demo)")
     p.add_argument("--method", choices=("auto",) + METHODS, default=os.environ.get("MOOD_METHOD") or DEFAULT_METHOD,
                    help="how to score, as for sample and pixel (default: $MOOD_METHOD if set, else auto: "
                         "the method the weights card names)")
