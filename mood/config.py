@@ -130,6 +130,10 @@ class AugmentConfig:
     #: against another, as between sequences and scanners (0: off)
     remap: float = 0.0
     remap_knots: int = 6
+    #: lower resolution: the slice resampled down by a factor in [1, resolution] (antialiased) and
+    #: back up (bilinear), as a scan acquired coarser than the grid it is scored on, or a smooth
+    #: average template, looks (1: off)
+    resolution: float = 1.0
     #: intensity range mapped to [0, 1] for the colour transforms
     value_range: tuple[float, float] = (-3.0, 3.0)
     #: value outside the body / beyond the image border

@@ -127,3 +127,31 @@ def test_intensity_curve_changes_contrast_between_tissues():
     assert contrast.max() / contrast.min() > 1.5
     off = augment(x, torch.Generator().manual_seed(1), AugmentConfig(**_ONLY_INTENSITY, gamma=1.0))
     assert torch.allclose(off, x, atol=1e-5)
+
+
+def test_lower_resolution_smooths_and_keeps_the_rest():
+    x = _slices(n=8, size=64)
+    off = AugmentConfig(**_ONLY_INTENSITY, gamma=1.0)
+    assert torch.allclose(augment(x, torch.Generator().manual_seed(2), off), x, atol=1e-5)
+    coarse = augment(x, torch.Generator().manual_seed(2), AugmentConfig(**_ONLY_INTENSITY, gamma=1.0, resolution=3.0))
+    inside = x != 0
+    # the pixel noise of the disk is averaged away: neighbours differ far less than before
+    assert coarse.diff(dim=2)[inside[:, :, 1:]].abs().mean() < 0.6 * x.diff(dim=2)[inside[:, :, 1:]].abs().mean()
+    # the same level away from the disk's edge (radius 16 around the centre)
+    core = (slice(None), slice(26, 38), slice(26, 38))
+    assert abs(float(coarse[core].mean() - x[core].mean())) < 0.05
+    # with the background kept, the smoothing blurs the disk's edge but the background beyond stays 0
+    kept = AugmentConfig(**{**_ONLY_INTENSITY, "keep_background": True}, gamma=1.0, resolution=3.0)
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    far = ((yy - 32) ** 2 + (xx - 32) ** 2) > 20 ** 2
+    assert (augment(x, torch.Generator().manual_seed(2), kept)[:, far] == 0).all()
+
+
+def test_lower_resolution_off_draws_nothing():
+    # runs without it (resolution 1) keep their random numbers
+    x = _slices()
+    cfg = region_preset("brain").augmentation
+    a = augment(x, torch.Generator().manual_seed(7), cfg)
+    assert cfg.resolution == 1.0
+    assert not torch.equal(a, augment(x, torch.Generator().manual_seed(7), AugmentConfig(**{
+        **cfg.__dict__, "resolution": 2.0})))

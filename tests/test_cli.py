@@ -196,7 +196,7 @@ def test_localiser_usage_errors_exit_2(argv, says, capsys):
 
 
 def test_train_localiser_passes_its_options_on(monkeypatch, capsys):
-    """`mood train localiser`: --tasks, --label-sigma and --average reach its settings, --channels
+    """`mood train localiser`: --tasks, --label-sigma, --average and --resolution reach its settings, --channels
     and --image-size its architecture."""
     import mood.training
     from mood.training import TrainSettings
@@ -204,11 +204,13 @@ def test_train_localiser_passes_its_options_on(monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(mood.training, "train_localiser", lambda *a, **kw: calls.append((a, kw)) or Path(a[2]))
     assert main(TRAIN_LOCALISER + ["--tasks", "intensity, deformation", "--label-sigma", "0.2", "--average", "0.9",
-                                   "--channels", "4,8,8", "--image-size", "32", "--tiny", "--steps", "5"]) == 0
+                                   "--channels", "4,8,8", "--image-size", "32", "--tiny", "--steps", "5",
+                                   "--resolution", "2"]) == 0
     (args, kw), = calls
     assert args == ("brain", Path("d"), Path("o")) and kw["channels"] == (4, 8, 8) and kw["image_size"] == 32
     assert kw["tiny"] is True
-    assert kw["settings"] == TrainSettings(tasks=("intensity", "deformation"), label_sigma=0.2, average=0.9, steps=5)
+    assert kw["settings"] == TrainSettings(tasks=("intensity", "deformation"), label_sigma=0.2, average=0.9, steps=5,
+                                          resolution=2.0)
     assert "weights written to o" in capsys.readouterr().err
     calls.clear()
     assert main(TRAIN_LOCALISER) == 0

@@ -326,7 +326,9 @@ def test_train_localiser_refusals(heads, cache, tmp_path):
         train_localiser("brain", heads, tmp_path / "d", steps=1, label_sigma=0.0, **_kw(cache))
     with pytest.raises(ValueError, match="average"):
         train_localiser("brain", heads, tmp_path / "e", steps=1, average=1.0, **_kw(cache))
-    assert not any((tmp_path / n).exists() for n in "abcde")
+    with pytest.raises(ValueError, match="resolution"):
+        train_localiser("brain", heads, tmp_path / "f", steps=1, resolution=0.5, **_kw(cache))
+    assert not any((tmp_path / n).exists() for n in "abcdef")
 
 
 # -- learning -------------------------------------------------------------------------------------

@@ -18,7 +18,9 @@ probability ``p``:
   bias field (up to +-30 %, bicubic over a 4 x 4 control grid), as on coil-shaded scans; and,
   when ``remap`` is set, a random monotone piecewise-linear intensity curve, which changes the
   contrast between tissues (grey against white matter, CSF against both) where gamma only bends
-  the whole range one way.
+  the whole range one way; when ``resolution`` is above 1, a lower resolution (the slice resampled
+  down by a random factor up to ``resolution`` and back up), as on scans acquired coarser than
+  the grid they are scored on, and on smooth average templates.
 - brain: voxels that are background (exactly 0) after the shape step stay exactly 0.
 
 Deviations from the original: no clipping at +-3 std (inference never clips, so training does not);
@@ -116,6 +118,15 @@ def augment(x: torch.Tensor, generator: torch.Generator, cfg: AugmentConfig = Au
     y = F.grid_sample((x.float() - bg).unsqueeze(1), grid, mode="bilinear", padding_mode="zeros",
                       align_corners=False).squeeze(1) + bg  # (n, S, S)
     background = y == bg
+    # lower resolution (drawn only when on, so that runs without it keep their random numbers)
+    if cfg.resolution > 1:
+        coarse = _coin(n, cfg.p, g)
+        factor = _uniform(n, 1.0, cfg.resolution, g)
+        for i in coarse.nonzero().flatten().tolist():
+            low = max(2, round(size / float(factor[i])))
+            small = F.interpolate(y[i:i + 1, None], size=(low, low), mode="bilinear", align_corners=False,
+                                  antialias=True)
+            y[i] = F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
 
     lo, hi = cfg.value_range
     u = (y - lo) / (hi - lo)

@@ -145,7 +145,8 @@ def run_loop(recipe: Recipe, *, region: str, data: Path, out: Path, settings: Tr
     torch.manual_seed(settings.seed + d.rank)
     train_banks, hold_banks = load_banks(data, config, holdout, cache_dir,
                                          tuple(volume_shape) if volume_shape else None, recipe.image_size)
-    aug = replace(config.augmentation, remap=settings.intensity_curve) if settings.augment else None
+    aug = (replace(config.augmentation, remap=settings.intensity_curve, resolution=settings.resolution)
+           if settings.augment else None)
     planes = [tissue_planes(b, config.background) for b in train_banks] if settings.planes == "tissue" else None
     # the training planes in the device's memory; batches made there (the next while a step runs)
     batches = BatchStream(train_banks, settings.batch_size // d.world, aug, d.device, settings.seed, d.rank,

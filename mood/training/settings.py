@@ -49,6 +49,9 @@ class TrainSettings:
     #: strength of augmentation's random intensity curve (:attr:`mood.config.AugmentConfig.remap`:
     #: the log-slopes' standard deviation; 0: off, as in the original)
     intensity_curve: float = 0.0
+    #: largest factor of augmentation's lower resolution (:attr:`mood.config.AugmentConfig.resolution`;
+    #: 1: off)
+    resolution: float = 1.0
     #: which planes training draws: "all" (the whole extent, as inference scores it) or "tissue"
     #: (only planes with at least 1 % of their pixels inside the body)
     planes: str = "all"
@@ -85,6 +88,8 @@ class TrainSettings:
             raise ValueError(f"crop must be 0 (whole slices) or a window size in pixels, not {self.crop}")
         if self.intensity_curve < 0:
             raise ValueError(f"intensity_curve must be 0 (off) or positive, not {self.intensity_curve}")
+        if self.resolution < 1:
+            raise ValueError(f"resolution must be 1 (off) or a larger down-sampling factor, not {self.resolution}")
         unknown = sorted(set(self.tasks) - set(TRAINING_TASKS))
         if unknown or not self.tasks:
             raise ValueError(f"tasks must be a non-empty subset of {', '.join(TRAINING_TASKS)}, not {self.tasks}")
