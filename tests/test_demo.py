@@ -166,7 +166,7 @@ def test_a_rerun_replaces_only_the_demo_files(tmp_path):
 
 def test_defaults_match_the_documented_sizes():
     assert (demo_module.DEMO_COUNT, demo_module.DEMO_NORMALS, demo_module.DEMO_SIZE,
-            demo_module.DEMO_SLICES, demo_module.DEMO_RESTORATIONS) == (5, 1, 128, 12, 3)
+            demo_module.DEMO_SLICES, demo_module.DEMO_RESTORATIONS) == (5, 1, 256, 12, 3)
     assert demo_module.DEMO_VOLUME.is_file()
     assert f"{demo_module.DEMO_SIZE}^3" in demo_module.__doc__
 
