@@ -232,8 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "against another, as between scanners and sequences): SIGMA is the spread of its "
                         f"log slopes, 0.5 a strong one (default: {TRAIN.intensity_curve}: off, as the original)")
     p.add_argument("--resolution", type=float, default=TRAIN.resolution, metavar="FACTOR",
-                   help="augment with a lower resolution: each slice, with the augmentations' probability (one in two), resampled down by a random factor "
-                        "up to FACTOR and back up, so that coarser scans and smooth templates count as normal; "
+                   help="augment with a lower resolution: each slice, with the augmentations' probability "
+                        "(one in two), resampled down by a random factor up to FACTOR and back up, so that "
+                        "coarser scans and smooth templates count as normal; "
                         f"2 halves the resolution at most (default: {TRAIN.resolution}: off)")
     p.add_argument("--crop", type=int, default=TRAIN.crop, metavar="PIXELS",
                    help="(vqvae) train on random PIXELS x PIXELS windows of the slices, a multiple of the "
